@@ -1,0 +1,60 @@
+# The course's commands. `make run` runs the course headless; `make test` runs the tests.
+# EXTRAS=gpu installs TensorFlow with GPU support instead of the CPU-only build.
+PYTHON ?= python3
+VENV ?= .venv
+EXTRAS ?= cpu
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(EXTRAS)
+# Colab's GPU runtime as published in August 2026, minus Python 3.13 (tested on this Python).
+COLAB_PINS := tensorflow-cpu==2.20.0 keras==3.13.2 numpy==2.1.3 matplotlib==3.10.0 ipywidgets==7.7.1
+NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
+
+.PHONY: install data run test test-unit test-notebooks test-colab lab bench lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS),dev]"
+	touch $@
+
+data: install
+	$(PY) -m helpers generate-data || true
+
+run: install
+	$(PY) scripts/run_course.py
+
+test: lint test-unit test-notebooks
+
+test-unit: install
+	$(PY) -m pytest -q tests
+
+test-notebooks: install
+	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+		$(PY) -m pytest -q $(NBVAL) notebooks; \
+	else echo "no notebooks yet"; fi
+
+# The unit tests again, in a second environment pinned to Colab's versions.
+test-colab:
+	test -x .venv-colab/bin/python || $(PYTHON) -m venv .venv-colab
+	.venv-colab/bin/python -m pip install -q --upgrade pip
+	.venv-colab/bin/python -m pip install -q $(COLAB_PINS) -e ".[dev]"
+	.venv-colab/bin/python -m pytest -q -p no:cacheprovider tests
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks
+
+bench: install
+	$(PY) benchmarks/bench.py
+
+lint: install
+	$(VENV)/bin/ruff check src tests scripts benchmarks notebooks
+	$(VENV)/bin/ruff format --check src tests scripts benchmarks notebooks
+
+format: install
+	$(VENV)/bin/ruff format src tests scripts benchmarks notebooks
+	$(VENV)/bin/ruff check --fix src tests scripts benchmarks notebooks
+
+clean:
+	rm -rf build data/synthetic-*

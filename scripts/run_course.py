@@ -1,0 +1,61 @@
+"""Run the whole course headless: generate data, execute the notebooks in order, report.
+
+Executed notebooks go to build/notebooks/, HTML copies to build/html/; the run's
+model, history, metrics and figures are in the output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def main() -> int:
+    sys.path.insert(0, str(ROOT / "src"))
+    from helpers import data
+    from helpers.config import load_settings
+
+    settings = load_settings()
+    print(settings.describe(), flush=True)
+    data.ensure_data(settings)
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    build = ROOT / "build"
+    start = time.monotonic()
+    if notebooks:
+        for nb in notebooks:
+            t0 = time.monotonic()
+            run(
+                [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                 "--ExecutePreprocessor.timeout=1800", "--output-dir", str(build / "notebooks"), str(nb)]
+            )  # fmt: skip
+            run(
+                [sys.executable, "-m", "jupyter", "nbconvert", "--to", "html",
+                 "--output-dir", str(build / "html"), str(build / "notebooks" / nb.name)]
+            )  # fmt: skip
+            print(f"  {nb.name}: {time.monotonic() - t0:.0f} s", flush=True)
+    else:  # before the notebooks exist, the same steps through the command line
+        for step in (["train"], ["evaluate"]):
+            run([sys.executable, "-m", "helpers", *step])
+    metrics_file = settings.output_dir / "metrics.json"
+    print(f"\nDone in {time.monotonic() - start:.0f} s.")
+    if notebooks:
+        print(f"Executed notebooks: {build / 'notebooks'}\nHTML: {build / 'html'}")
+    print(f"Model, history, metrics and figures: {settings.output_dir}")
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text())
+        print(f"Final mIoU on the {metrics['split']} split ({metrics['num_images']} images): {metrics['miou']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""Where a run's products live, written so that an interrupted run never leaves half a file.
+
+``<output_dir>/model.keras``   the trained model (``keras.saving.load_model`` after ``import helpers``)
+``<output_dir>/history.json``  per-epoch losses and metrics
+``<output_dir>/metrics.json``  evaluation: mIoU, per-class IoU, pixel accuracy, split, number of images
+``<output_dir>/figures/``      figures the notebooks save
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, data: dict) -> Path:
+    """Atomic JSON write; NaN and numpy scalars become plain JSON values."""
+    return atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def save_model(model, path: str | Path) -> Path:
+    """Save a Keras model atomically (the ``.keras`` suffix is kept on the temporary file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}-partial{path.suffix}")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def output_paths(output_dir: str | Path) -> dict[str, Path]:
+    output_dir = Path(output_dir)
+    return {
+        "model": output_dir / MODEL_FILE,
+        "history": output_dir / HISTORY_FILE,
+        "metrics": output_dir / METRICS_FILE,
+        "figures": output_dir / "figures",
+    }
+
+
+def load_model(path: str | Path):
+    """Load a model saved by the course (its custom layers are registered by ``import helpers``)."""
+    import keras
+
+    from helpers import model as _model  # noqa: F401 - registers the custom layers
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: train a model first (notebook 04 or `python -m helpers train`)."
+        )
+    return keras.saving.load_model(path)

@@ -1,0 +1,155 @@
+"""``python -m helpers``: the course's steps from a terminal.
+
+Each command reads the same DEEPLAB_* settings as the notebooks; flags override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+FLAG_TO_ENV = {
+    "data_dir": "DEEPLAB_DATA_DIR",
+    "output_dir": "DEEPLAB_OUTPUT_DIR",
+    "image_size": "DEEPLAB_IMAGE_SIZE",
+    "batch_size": "DEEPLAB_BATCH_SIZE",
+    "epochs": "DEEPLAB_EPOCHS",
+    "train_minutes": "DEEPLAB_TRAIN_MINUTES",
+    "backbone": "DEEPLAB_BACKBONE",
+    "weights": "DEEPLAB_WEIGHTS",
+    "seed": "DEEPLAB_SEED",
+    "profile": "DEEPLAB_PROFILE",
+}
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, names) -> None:
+    for name in names:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"overrides {FLAG_TO_ENV[name]}")
+
+
+def _settings(args):
+    from helpers.config import load_settings
+
+    env = dict(os.environ)
+    for name, var in FLAG_TO_ENV.items():
+        value = getattr(args, name, None)
+        if value is not None:
+            env[var] = str(value)
+    return load_settings(env)
+
+
+def cmd_info(args) -> int:
+    print(_settings(args).describe())
+    return 0
+
+
+def cmd_generate_data(args) -> int:
+    from helpers import synthetic
+
+    settings = _settings(args)
+    out = synthetic.generate_dataset(
+        args.out or settings.data_dir,
+        args.num_train if args.num_train is not None else settings.num_train,
+        args.num_val if args.num_val is not None else settings.num_val,
+        args.num_test if args.num_test is not None else settings.num_test,
+        seed=settings.seed,
+        overwrite=args.overwrite,
+    )
+    print(f"Wrote the synthetic dataset to {out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from helpers.train import train
+
+    settings = _settings(args)
+    print(settings.describe())
+    result = train(settings, class_weighting=args.class_weighting, learning_rate=args.learning_rate)
+    reason = "wall-time cap reached" if result.stopped_by_time else "done"
+    print(
+        f"Trained {result.epochs_run} epoch(s) in {result.seconds:.0f} s ({reason}); "
+        f"best epoch {None if result.best_epoch is None else result.best_epoch + 1}.\n"
+        f"Model: {result.model_path}\nHistory: {result.history_path}"
+    )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from helpers.evaluate import evaluate, metrics_path
+
+    settings = _settings(args)
+    result = evaluate(settings, split=args.split)
+    print(f"{args.split}: mIoU {result.scores.miou:.4f}, pixel accuracy {result.scores.pixel_accuracy:.4f}")
+    for name, iou in zip(result.classes, result.scores.per_class_iou):
+        print(f"  {name:<14} {'absent' if iou != iou else f'{iou:.4f}'}")
+    print(f"Metrics: {metrics_path(settings)}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from helpers import artifacts
+    from helpers.predict import predict_folder
+
+    settings = _settings(args)
+    model = artifacts.load_model(args.model or artifacts.output_paths(settings.output_dir)["model"])
+    size = None if args.native_size else settings.image_size
+    written = predict_folder(model, args.input, args.output, size)
+    print(f"Wrote {len(written)} mask(s) to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m helpers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    everything = list(FLAG_TO_ENV)
+
+    p = sub.add_parser("info", help="print the settings in force")
+    _add_setting_flags(p, everything)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("generate-data", help="write the built-in synthetic dataset as PNG files")
+    p.add_argument("--out", help="target folder (default: the settings' data directory)")
+    p.add_argument("--num-train", type=int)
+    p.add_argument("--num-val", type=int)
+    p.add_argument("--num-test", type=int)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset")
+    _add_setting_flags(p, ["data_dir", "seed", "profile"])
+    p.set_defaults(func=cmd_generate_data)
+
+    p = sub.add_parser("train", help="train DeepLabV3+ and write model.keras and history.json")
+    p.add_argument("--class-weighting", choices=["none", "median"], default="none")
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    _add_setting_flags(p, everything)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="score the trained model and write metrics.json")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    _add_setting_flags(p, everything)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="turn a folder of images into a folder of PNG masks")
+    p.add_argument("input", help="folder of .png/.jpg images")
+    p.add_argument("output", help="folder for the masks (created if needed)")
+    p.add_argument("--model", help="a .keras file (default: <output dir>/model.keras)")
+    p.add_argument("--native-size", action="store_true", help="feed images at their own size, not resized")
+    _add_setting_flags(p, everything)
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv=None) -> int:
+    from helpers.config import SettingsError
+    from helpers.data import DatasetError
+    from helpers.model import WeightsUnavailableError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (SettingsError, DatasetError, WeightsUnavailableError, FileNotFoundError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Course settings: one object, read from ``DEEPLAB_*`` environment variables.
+
+Every notebook prints these at the top, so a teacher can see at a glance what a
+run used. Profiles give sensible defaults; any variable that is set wins.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+PROFILES = ("smoke", "full")
+BACKBONES = ("resnet50", "mobilenetv2")
+
+# Defaults per profile. ``smoke`` is small enough for CI and a laptop CPU,
+# ``full`` is a real training run for a GPU (for example Colab's).
+PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
+    "smoke": {
+        "image_size": 128,
+        "batch_size": 8,
+        "epochs": 8,
+        "train_minutes": 3.0,
+        "weights": "none",
+        "num_train": 96,
+        "num_val": 24,
+        "num_test": 24,
+    },
+    "full": {
+        "image_size": 256,
+        "batch_size": 16,
+        "epochs": 40,
+        "train_minutes": None,
+        "weights": "imagenet",
+        "num_train": 600,
+        "num_val": 100,
+        "num_test": 100,
+    },
+}
+
+# The public interface: variable name -> (field, one-line documentation).
+ENV_VARS: dict[str, tuple[str, str]] = {
+    "DEEPLAB_PROFILE": ("profile", "smoke (tiny, CPU/CI) or full (real run, GPU); default smoke"),
+    "DEEPLAB_DATA_DIR": ("data_dir", "dataset in the course layout; default: built-in synthetic data"),
+    "DEEPLAB_OUTPUT_DIR": ("output_dir", "where models, histories, metrics and figures go"),
+    "DEEPLAB_IMAGE_SIZE": ("image_size", "side of the square training crop, a multiple of 16"),
+    "DEEPLAB_BATCH_SIZE": ("batch_size", "images per training step"),
+    "DEEPLAB_EPOCHS": ("epochs", "maximum number of training epochs"),
+    "DEEPLAB_TRAIN_MINUTES": ("train_minutes", "optional cap on training wall time, in minutes"),
+    "DEEPLAB_BACKBONE": ("backbone", "resnet50 or mobilenetv2"),
+    "DEEPLAB_WEIGHTS": ("weights", "imagenet, none, or a path to a backbone weights file"),
+    "DEEPLAB_SEED": ("seed", "seed for data generation, shuffling and initialisation"),
+}
+
+
+class SettingsError(ValueError):
+    """A DEEPLAB_* variable has a value the course cannot use."""
+
+
+def project_root() -> Path:
+    """The course checkout if ``helpers`` is installed from one, else the working directory."""
+    candidate = Path(__file__).resolve().parents[2]
+    if (candidate / "pyproject.toml").is_file() and (candidate / "notebooks").is_dir():
+        return candidate
+    return Path.cwd()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know; build it with :func:`load_settings`."""
+
+    profile: str
+    data_dir: Path
+    output_dir: Path
+    image_size: int
+    batch_size: int
+    epochs: int
+    train_minutes: float | None
+    backbone: str
+    weights: str
+    seed: int
+    num_train: int
+    num_val: int
+    num_test: int
+    data_dir_is_default: bool = True
+
+    @property
+    def backbone_weights(self) -> str | None:
+        """The ``weights`` argument for Keras: ``"imagenet"``, ``None`` or a file path."""
+        return None if self.weights == "none" else self.weights
+
+    def describe(self) -> str:
+        """A small table of the settings and the variable that sets each one."""
+        lines = ["Course settings (change them with environment variables):"]
+        for var, (name, _doc) in ENV_VARS.items():
+            value = getattr(self, name)
+            if name == "data_dir" and self.data_dir_is_default:
+                value = f"{value}  (built-in synthetic data)"
+            lines.append(f"  {var:<22} = {value}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def _parse_int(var: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(
+            f"{var}={raw!r} is not a whole number. Set it to an integer, for example {var}={minimum * 4}."
+        ) from None
+    if value < minimum:
+        raise SettingsError(f"{var}={value} is too small: it must be at least {minimum}.")
+    return value
+
+
+def _parse_minutes(var: str, raw: str) -> float | None:
+    if raw.strip().lower() in ("", "none", "0"):
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{var}={raw!r} is not a number of minutes. Use for example {var}=15, or leave it unset."
+        ) from None
+    if value <= 0:
+        raise SettingsError(f"{var}={raw!r} must be positive (or unset for no cap).")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings from ``env`` (default: ``os.environ``), validating every value."""
+    env = os.environ if env is None else env
+    get = lambda var: env.get(var) or None  # noqa: E731 - empty means unset
+
+    profile = (get("DEEPLAB_PROFILE") or "smoke").strip().lower()
+    if profile not in PROFILES:
+        raise SettingsError(f"DEEPLAB_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
+    defaults = PROFILE_DEFAULTS[profile]
+    root = project_root()
+
+    data_raw = get("DEEPLAB_DATA_DIR")
+    data_dir = Path(data_raw).expanduser() if data_raw else root / "data" / f"synthetic-{profile}"
+    output_raw = get("DEEPLAB_OUTPUT_DIR")
+    output_dir = Path(output_raw).expanduser() if output_raw else root / "build" / "output"
+
+    image_size = defaults["image_size"]
+    if get("DEEPLAB_IMAGE_SIZE"):
+        image_size = _parse_int("DEEPLAB_IMAGE_SIZE", env["DEEPLAB_IMAGE_SIZE"], 32)
+        if image_size % 16:
+            raise SettingsError(
+                f"DEEPLAB_IMAGE_SIZE={image_size} is not a multiple of 16, which DeepLabV3+ needs "
+                f"(its encoder halves the size four times). Try {max(32, round(image_size / 16) * 16)}."
+            )
+    batch_size = defaults["batch_size"]
+    if get("DEEPLAB_BATCH_SIZE"):
+        batch_size = _parse_int("DEEPLAB_BATCH_SIZE", env["DEEPLAB_BATCH_SIZE"], 1)
+    epochs = defaults["epochs"]
+    if get("DEEPLAB_EPOCHS"):
+        epochs = _parse_int("DEEPLAB_EPOCHS", env["DEEPLAB_EPOCHS"], 1)
+    train_minutes = defaults["train_minutes"]
+    if "DEEPLAB_TRAIN_MINUTES" in env:
+        train_minutes = _parse_minutes("DEEPLAB_TRAIN_MINUTES", env["DEEPLAB_TRAIN_MINUTES"])
+
+    backbone = (get("DEEPLAB_BACKBONE") or "resnet50").strip().lower()
+    if backbone not in BACKBONES:
+        raise SettingsError(f"DEEPLAB_BACKBONE={backbone!r} is not supported; use one of {', '.join(BACKBONES)}.")
+
+    weights = (get("DEEPLAB_WEIGHTS") or str(defaults["weights"])).strip()
+    if weights.lower() in ("imagenet", "none"):
+        weights = weights.lower()
+    elif not Path(weights).expanduser().is_file():
+        raise SettingsError(
+            f"DEEPLAB_WEIGHTS={weights!r} is neither 'imagenet', 'none' nor an existing file. "
+            "Give the path of a backbone weights file (.h5 or .weights.h5), or use 'none' to train from scratch."
+        )
+
+    seed = _parse_int("DEEPLAB_SEED", env["DEEPLAB_SEED"], 0) if get("DEEPLAB_SEED") else 42
+
+    return Settings(
+        profile=profile,
+        data_dir=data_dir,
+        output_dir=output_dir,
+        image_size=int(image_size),
+        batch_size=int(batch_size),
+        epochs=int(epochs),
+        train_minutes=train_minutes,
+        backbone=backbone,
+        weights=weights,
+        seed=seed,
+        num_train=int(defaults["num_train"]),
+        num_val=int(defaults["num_val"]),
+        num_test=int(defaults["num_test"]),
+        data_dir_is_default=data_raw is None,
+    )
+
+
+def setting_names() -> list[str]:
+    """Names of the fields of :class:`Settings` (for documentation and tests)."""
+    return [f.name for f in fields(Settings)]

@@ -1,0 +1,264 @@
+"""The dataset layout and the tf.data input pipeline.
+
+Layout::
+
+    DATA_DIR/classes.json            {"classes": [...], "ignore_index": 255 or null}
+    DATA_DIR/<split>/images/<stem>.png|.jpg
+    DATA_DIR/<split>/masks/<stem>.png   single channel, one class index per pixel
+
+Images are resized bilinearly, masks with nearest neighbour (bilinear would
+invent labels between two classes). Training adds joint image/mask augmentation
+and shuffles; every split is cached after decoding and prefetched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+SPLITS = ("train", "val", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MASK_SUFFIX = ".png"
+
+
+class DatasetError(ValueError):
+    """The dataset on disk does not follow the course layout."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What ``classes.json`` says: class names, in index order, and the ignore index."""
+
+    classes: tuple[str, ...]
+    ignore_index: int | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def pad_label(self) -> int | None:
+        """Label for pixels that augmentation invents (padding): the ignore index, if any."""
+        return self.ignore_index
+
+
+def read_dataset_info(data_dir: str | Path) -> DatasetInfo:
+    """Read and validate ``DATA_DIR/classes.json``."""
+    path = Path(data_dir) / "classes.json"
+    if not path.is_file():
+        raise DatasetError(
+            f"{path} is missing. Every dataset needs a classes.json such as "
+            '{"classes": ["background", "road"], "ignore_index": 255}; see data/README.md.'
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{path} is not valid JSON ({err}). Fix the file; see data/README.md.") from None
+    classes = raw.get("classes") if isinstance(raw, dict) else None
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise DatasetError(f'{path}: "classes" must be a non-empty list of class names.')
+    if len(set(classes)) != len(classes):
+        raise DatasetError(f'{path}: "classes" contains a name twice.')
+    ignore = raw.get("ignore_index")
+    if ignore is not None and (not isinstance(ignore, int) or isinstance(ignore, bool) or not 0 <= ignore <= 255):
+        raise DatasetError(f'{path}: "ignore_index" must be an integer from 0 to 255, or null.')
+    if ignore is not None and ignore < len(classes):
+        raise DatasetError(
+            f'{path}: "ignore_index" {ignore} is also the index of class {classes[ignore]!r}. '
+            "Use a value outside 0..num_classes-1, such as 255."
+        )
+    if len(classes) > 255:
+        raise DatasetError(f"{path}: at most 255 classes fit in an 8-bit mask.")
+    return DatasetInfo(tuple(classes), ignore)
+
+
+def list_pairs(data_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """Sorted image and mask paths of one split, paired by file stem."""
+    split_dir = Path(data_dir) / split
+    image_dir, mask_dir = split_dir / "images", split_dir / "masks"
+    for folder in (image_dir, mask_dir):
+        if not folder.is_dir():
+            raise DatasetError(
+                f"{folder} is missing: each split needs images/ and masks/ folders (see data/README.md)."
+            )
+    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == MASK_SUFFIX}
+    jpeg_masks = sorted(p.name for p in mask_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    if jpeg_masks:
+        raise DatasetError(
+            f"{mask_dir}/{jpeg_masks[0]} is a JPEG mask: lossy compression changes label values. Save masks as PNG."
+        )
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask:
+        raise DatasetError(f"{images[no_mask[0]]} has no mask: expected {mask_dir / (no_mask[0] + MASK_SUFFIX)}.")
+    if no_image:
+        raise DatasetError(f"{masks[no_image[0]]} has no image with the same name in {image_dir}.")
+    if not images:
+        raise DatasetError(f"{image_dir} holds no .png or .jpg images: the {split} split is empty.")
+    stems = sorted(images)
+    return [str(images[s]) for s in stems], [str(masks[s]) for s in stems]
+
+
+def load_image(path: tf.Tensor) -> tf.Tensor:
+    """Decode a PNG or JPEG file to ``(H, W, 3)`` uint8; grayscale and RGBA become RGB."""
+    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+
+
+def load_mask(path: tf.Tensor) -> tf.Tensor:
+    """Decode a single-channel PNG mask to ``(H, W, 1)`` uint8, refusing colour masks."""
+    mask = tf.io.decode_png(tf.io.read_file(path), channels=0, dtype=tf.uint8)
+    tf.debugging.assert_equal(
+        tf.shape(mask)[-1], 1, message=tf.strings.join(["mask has more than one channel: ", path])
+    )
+    return mask
+
+
+def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Bilinear resize to ``size x size``; values stay 0-255, returned as uint8."""
+    resized = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def resize_mask(mask: tf.Tensor, size: int) -> tf.Tensor:
+    """Nearest-neighbour resize: every output label is copied from the input, none invented."""
+    return tf.image.resize(mask, (size, size), method="nearest")
+
+
+def augment_pair(
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    seeds: tf.Tensor,
+    size: int,
+    pad_label: int | None,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random scale, crop, flip (joint) and colour jitter (image only).
+
+    ``seeds`` is an int64 ``(4, 2)`` tensor, one stateless seed per random choice,
+    so the same seeds give the same augmentation. Image and mask are cropped and
+    flipped as one stacked tensor, which keeps them aligned by construction.
+    Zooming out pads the mask with ``pad_label``; with no ignore index the scale
+    never goes below 1, so no pixel gets a label that was not in the file.
+    """
+    low, high = scale_range
+    if pad_label is None:
+        low = max(low, 1.0)
+    scale = tf.random.stateless_uniform([], seeds[0], low, high)
+    new = tf.cast(tf.round(size * scale), tf.int32)
+    image = tf.image.resize(tf.cast(image, tf.float32), (new, new), method="bilinear")
+    mask = tf.cast(tf.image.resize(mask, (new, new), method="nearest"), tf.float32)
+    pad = tf.maximum(size - new, 0)
+    image = tf.pad(image, [[0, pad], [0, pad], [0, 0]], constant_values=0.0)
+    mask = tf.pad(mask, [[0, pad], [0, pad], [0, 0]], constant_values=float(pad_label or 0))
+    stacked = tf.concat([image, mask], axis=-1)
+    stacked = tf.image.stateless_random_crop(stacked, (size, size, 4), seed=seeds[1])
+    stacked = tf.image.stateless_random_flip_left_right(stacked, seed=seeds[2])
+    image, mask = stacked[..., :3], stacked[..., 3:]
+    image = tf.image.stateless_random_brightness(image, 25.0, seed=seeds[3])
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    return image, tf.cast(tf.round(mask), tf.uint8)
+
+
+def make_dataset(
+    data_dir: str | Path,
+    split: str,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    seed: int = 42,
+    info: DatasetInfo | None = None,
+    cache: bool = True,
+    class_weights: np.ndarray | None = None,
+    limit: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of ``(images float32 (B,S,S,3) in 0-255, masks int32 (B,S,S))``.
+
+    With ``training=True`` the split is shuffled every epoch (the reference
+    tutorial never shuffles), augmented, and the last partial batch dropped.
+    ``class_weights`` adds a third element, per-pixel weights (0 on ignored pixels).
+    """
+    info = info or read_dataset_info(data_dir)
+    images, masks = list_pairs(data_dir, split)
+    if limit is not None:
+        images, masks = images[:limit], masks[:limit]
+    autotune = tf.data.AUTOTUNE
+
+    def load(image_path, mask_path):
+        return resize_image(load_image(image_path), image_size), resize_mask(load_mask(mask_path), image_size)
+
+    ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=autotune)
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(8)
+        seeds = seeds.map(lambda s: tf.reshape(s, (4, 2)))
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            lambda pair, s: augment_pair(pair[0], pair[1], s, image_size, info.pad_label),
+            num_parallel_calls=autotune,
+        )
+
+    def finish(image, mask):
+        return tf.cast(image, tf.float32), tf.cast(mask[..., 0], tf.int32)
+
+    ds = ds.map(finish, num_parallel_calls=autotune)
+    if class_weights is not None:
+        weights = tf.constant(np.asarray(class_weights, np.float32))
+        ds = ds.map(lambda x, y: (x, y, pixel_weights(y, weights, info.ignore_index)), num_parallel_calls=autotune)
+    ds = ds.batch(batch_size, drop_remainder=training and len(images) >= batch_size)
+    return ds.prefetch(autotune)
+
+
+def pixel_weights(mask: tf.Tensor, class_weights: tf.Tensor, ignore_index: int | None) -> tf.Tensor:
+    """Per-pixel loss weights looked up from per-class weights; ignored pixels weigh 0."""
+    num_classes = tf.shape(class_weights)[0]
+    valid = mask < num_classes
+    if ignore_index is not None:
+        valid &= mask != ignore_index
+    safe = tf.where(valid, mask, 0)
+    return tf.where(valid, tf.gather(class_weights, safe), 0.0)
+
+
+def class_pixel_counts(data_dir: str | Path, split: str = "train", info: DatasetInfo | None = None) -> np.ndarray:
+    """How many pixels of each class the split's mask files hold (ignored pixels excluded)."""
+    info = info or read_dataset_info(data_dir)
+    _, masks = list_pairs(data_dir, split)
+    counts = np.zeros(256, np.int64)
+    for path in masks:
+        counts += np.bincount(load_mask(path).numpy().ravel(), minlength=256)
+    return counts[: info.num_classes]
+
+
+def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
+    """Median-frequency class weights (Eigen & Fergus 2015): rare classes weigh more."""
+    counts = np.asarray(counts, np.float64)
+    freq = counts / max(counts.sum(), 1)
+    present = freq > 0
+    weights = np.zeros_like(freq)
+    weights[present] = np.median(freq[present]) / freq[present]
+    return weights.astype(np.float32)
+
+
+def ensure_data(settings) -> Path:
+    """The settings' data directory, generating the built-in synthetic dataset on first use."""
+    data_dir = Path(settings.data_dir)
+    if (data_dir / "classes.json").is_file():
+        return data_dir
+    if settings.data_dir_is_default:
+        from helpers import synthetic
+
+        print(f"Generating the built-in synthetic dataset in {data_dir} (first use; takes a few seconds)...")
+        return synthetic.generate_dataset(
+            data_dir, settings.num_train, settings.num_val, settings.num_test, seed=settings.seed
+        )
+    if not data_dir.is_dir():
+        raise DatasetError(
+            f"DEEPLAB_DATA_DIR={data_dir} does not exist. Point it at a dataset in the course layout "
+            "(see data/README.md), or unset it to use the built-in synthetic data."
+        )
+    raise DatasetError(f"{data_dir / 'classes.json'} is missing; see data/README.md for the layout.")

@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from helpers.config import ENV_VARS, SettingsError, load_settings
+
+
+def test_every_documented_variable_is_read():
+    expected = {
+        "DEEPLAB_DATA_DIR", "DEEPLAB_OUTPUT_DIR", "DEEPLAB_IMAGE_SIZE", "DEEPLAB_BATCH_SIZE", "DEEPLAB_EPOCHS",
+        "DEEPLAB_TRAIN_MINUTES", "DEEPLAB_BACKBONE", "DEEPLAB_WEIGHTS", "DEEPLAB_SEED", "DEEPLAB_PROFILE",
+    }  # fmt: skip
+    assert set(ENV_VARS) == expected
+
+
+def test_smoke_profile_is_the_default_and_uses_built_in_data():
+    s = load_settings({})
+    assert s.profile == "smoke"
+    assert s.data_dir_is_default
+    assert s.data_dir.name == "synthetic-smoke"
+    assert s.weights == "none" and s.backbone_weights is None
+    assert s.image_size % 16 == 0
+
+
+def test_full_profile_defaults():
+    s = load_settings({"DEEPLAB_PROFILE": "full"})
+    assert (s.image_size, s.weights, s.train_minutes) == (256, "imagenet", None)
+    assert s.backbone_weights == "imagenet"
+
+
+def test_environment_overrides_profile(tmp_path):
+    weights = tmp_path / "w.h5"
+    weights.write_bytes(b"x")
+    s = load_settings(
+        {
+            "DEEPLAB_DATA_DIR": str(tmp_path / "d"),
+            "DEEPLAB_OUTPUT_DIR": str(tmp_path / "o"),
+            "DEEPLAB_IMAGE_SIZE": "320",
+            "DEEPLAB_BATCH_SIZE": "4",
+            "DEEPLAB_EPOCHS": "2",
+            "DEEPLAB_TRAIN_MINUTES": "1.5",
+            "DEEPLAB_BACKBONE": "MobileNetV2",
+            "DEEPLAB_WEIGHTS": str(weights),
+            "DEEPLAB_SEED": "3",
+        }
+    )
+    assert s.data_dir == Path(tmp_path / "d") and not s.data_dir_is_default
+    assert s.output_dir == Path(tmp_path / "o")
+    assert (s.image_size, s.batch_size, s.epochs, s.train_minutes) == (320, 4, 2, 1.5)
+    assert (s.backbone, s.backbone_weights, s.seed) == ("mobilenetv2", str(weights), 3)
+
+
+@pytest.mark.parametrize(
+    "env, words",
+    [
+        ({"DEEPLAB_IMAGE_SIZE": "big"}, ["DEEPLAB_IMAGE_SIZE", "'big'", "whole number"]),
+        ({"DEEPLAB_IMAGE_SIZE": "250"}, ["multiple of 16", "256"]),
+        ({"DEEPLAB_BATCH_SIZE": "0"}, ["DEEPLAB_BATCH_SIZE", "at least 1"]),
+        ({"DEEPLAB_EPOCHS": "2.5"}, ["DEEPLAB_EPOCHS", "whole number"]),
+        ({"DEEPLAB_TRAIN_MINUTES": "soon"}, ["DEEPLAB_TRAIN_MINUTES", "minutes"]),
+        ({"DEEPLAB_PROFILE": "huge"}, ["DEEPLAB_PROFILE", "smoke", "full"]),
+        ({"DEEPLAB_BACKBONE": "vgg16"}, ["DEEPLAB_BACKBONE", "resnet50"]),
+        ({"DEEPLAB_WEIGHTS": "/no/such/file.h5"}, ["DEEPLAB_WEIGHTS", "none"]),
+    ],
+)
+def test_bad_values_are_named_with_a_fix(env, words):
+    with pytest.raises(SettingsError) as info:
+        load_settings(env)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_train_minutes_can_be_switched_off():
+    assert load_settings({"DEEPLAB_TRAIN_MINUTES": "none"}).train_minutes is None
+    assert load_settings({"DEEPLAB_TRAIN_MINUTES": "0"}).train_minutes is None
+
+
+def test_describe_lists_every_variable():
+    text = load_settings({}).describe()
+    for var in ENV_VARS:
+        assert var in text

@@ -1,0 +1,164 @@
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from helpers import data
+
+
+def write_dataset(root, masks, classes=("a", "b", "c"), ignore_index=255, split="train"):
+    """A dataset on disk from a list of mask arrays; images are grey levels of the mask."""
+    (root / split / "images").mkdir(parents=True, exist_ok=True)
+    (root / split / "masks").mkdir(parents=True, exist_ok=True)
+    (root / "classes.json").write_text(json.dumps({"classes": list(classes), "ignore_index": ignore_index}))
+    for i, mask in enumerate(masks):
+        Image.fromarray((mask * 60).astype(np.uint8)).convert("RGB").save(root / split / "images" / f"s{i}.png")
+        Image.fromarray(mask.astype(np.uint8)).save(root / split / "masks" / f"s{i}.png")
+    return root
+
+
+def test_read_dataset_info(tmp_path):
+    (tmp_path / "classes.json").write_text('{"classes": ["x", "y"], "ignore_index": null}')
+    info = data.read_dataset_info(tmp_path)
+    assert info.classes == ("x", "y") and info.ignore_index is None and info.num_classes == 2
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        (None, ["classes.json is missing"]),
+        ("{not json", ["not valid JSON"]),
+        ('{"classes": []}', ["non-empty list"]),
+        ('{"classes": ["a", "a"]}', ["twice"]),
+        ('{"classes": ["a", "b"], "ignore_index": 1}', ["ignore_index", "'b'"]),
+        ('{"classes": ["a", "b"], "ignore_index": "void"}', ["ignore_index"]),
+    ],
+)
+def test_bad_classes_json_is_explained(tmp_path, text, words):
+    if text is not None:
+        (tmp_path / "classes.json").write_text(text)
+    with pytest.raises(data.DatasetError) as info:
+        data.read_dataset_info(tmp_path)
+    for word in words:
+        assert word in str(info.value)
+
+
+def test_pairs_are_matched_by_stem_and_unmatched_files_named(tmp_path):
+    root = write_dataset(tmp_path, [np.zeros((8, 8), int)] * 2)
+    images, masks = data.list_pairs(root, "train")
+    assert [p.split("/")[-1] for p in images] == ["s0.png", "s1.png"]
+    assert [p.split("/")[-1] for p in masks] == ["s0.png", "s1.png"]
+    (root / "train" / "images" / "lonely.png").write_bytes((root / "train" / "images" / "s0.png").read_bytes())
+    with pytest.raises(data.DatasetError, match="lonely.png has no mask"):
+        data.list_pairs(root, "train")
+
+
+def test_jpeg_mask_and_empty_split_are_refused(tmp_path):
+    root = write_dataset(tmp_path, [np.zeros((8, 8), int)])
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "train" / "masks" / "s1.jpg")
+    with pytest.raises(data.DatasetError, match="JPEG mask"):
+        data.list_pairs(root, "train")
+    (root / "val" / "images").mkdir(parents=True)
+    (root / "val" / "masks").mkdir(parents=True)
+    with pytest.raises(data.DatasetError, match="split is empty"):
+        data.list_pairs(root, "val")
+
+
+def test_colour_mask_is_refused_not_converted(tmp_path):
+    path = tmp_path / "rgb.png"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than one channel"):
+        data.load_mask(str(path))
+
+
+def test_grayscale_and_rgba_images_become_rgb(tmp_path):
+    Image.fromarray(np.full((4, 5), 9, np.uint8)).save(tmp_path / "g.png")
+    Image.fromarray(np.full((4, 5, 4), 9, np.uint8)).save(tmp_path / "a.png")
+    for name in ("g.png", "a.png"):
+        assert data.load_image(str(tmp_path / name)).shape == (4, 5, 3)
+
+
+def test_nearest_resize_never_invents_labels():
+    mask = np.zeros((37, 53, 1), np.uint8)
+    mask[:, 20:] = 3
+    mask[10:, 40:] = 255
+    resized = data.resize_mask(tf.constant(mask), 64).numpy()
+    assert set(np.unique(resized)) == {0, 3, 255}
+    bilinear = tf.image.resize(tf.cast(mask, tf.float32), (64, 64)).numpy()
+    assert len(np.unique(bilinear)) > 3  # the lesson: bilinear would invent labels
+
+
+def test_augmentation_keeps_labels_and_alignment():
+    # 8x8 blocks with labels 0..4; the image encodes each block's label as its grey level,
+    # so any misalignment between image and mask shows up as disagreement.
+    size = 64
+    labels = (np.add.outer(np.arange(size) // 8, np.arange(size) // 8) % 5).astype(np.uint8)
+    image = np.repeat((labels * 50)[..., None], 3, axis=-1).astype(np.uint8)
+    mask = labels[..., None]
+    for i in range(12):
+        seeds = tf.constant(np.random.default_rng(i).integers(0, 2**31, (4, 2)), tf.int64)
+        aug_image, aug_mask = data.augment_pair(tf.constant(image), tf.constant(mask), seeds, size, pad_label=255)
+        aug_image, aug_mask = aug_image.numpy(), aug_mask.numpy()[..., 0]
+        assert aug_image.shape == (size, size, 3) and aug_mask.shape == (size, size)
+        assert set(np.unique(aug_mask)) <= {0, 1, 2, 3, 4, 255}
+        valid = aug_mask != 255
+        # brightness jitter shifts every grey level by the same amount (at most 25): estimate and undo it
+        shift = np.median(aug_image[..., 0][valid] - aug_mask[valid] * 50.0)
+        decoded = np.clip(np.round((aug_image[..., 0] - shift) / 50), 0, 4)
+        agreement = np.mean(decoded[valid] == aug_mask[valid])
+        assert agreement > 0.9, f"seed {i}: image and mask disagree on {1 - agreement:.0%} of pixels"
+
+
+def test_without_ignore_index_augmentation_never_pads():
+    image = tf.zeros((32, 32, 3), tf.uint8)
+    mask = tf.ones((32, 32, 1), tf.uint8)
+    for i in range(8):
+        seeds = tf.constant(np.random.default_rng(i).integers(0, 2**31, (4, 2)), tf.int64)
+        _, out = data.augment_pair(image, mask, seeds, 32, pad_label=None)
+        assert set(np.unique(out.numpy())) == {1}
+
+
+def test_training_dataset_shapes_and_shuffling(synthetic_dir):
+    ds = data.make_dataset(synthetic_dir, "train", 64, 4, training=True, seed=1)
+    images, masks = next(iter(ds))
+    assert images.shape == (4, 64, 64, 3) and images.dtype == tf.float32
+    assert masks.shape == (4, 64, 64) and masks.dtype == tf.int32
+    assert 0 <= float(tf.reduce_min(images)) and float(tf.reduce_max(images)) <= 255
+    assert ds.cardinality() == 3  # 12 images, full batches only
+    first = [m.numpy() for _, m in ds]
+    second = [m.numpy() for _, m in ds]
+    assert not all(np.array_equal(a, b) for a, b in zip(first, second)), "epochs should differ (shuffle)"
+
+
+def test_evaluation_dataset_is_deterministic(synthetic_dir):
+    ds = data.make_dataset(synthetic_dir, "val", 64, 3, training=False)
+    a = [m.numpy() for _, m in ds]
+    b = [m.numpy() for _, m in ds]
+    assert [len(x) for x in a] == [3, 1]  # partial last batch kept for evaluation
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_pixel_weights_and_median_frequency():
+    w = data.median_frequency_weights(np.array([600, 300, 100, 0]))
+    # frequencies 0.6, 0.3, 0.1 (class 3 absent): median 0.3
+    np.testing.assert_allclose(w, [0.5, 1.0, 3.0, 0.0])
+    mask = tf.constant([[0, 1, 2, 255]])
+    np.testing.assert_allclose(data.pixel_weights(mask, tf.constant(w), 255).numpy(), [[0.5, 1.0, 3.0, 0.0]])
+
+
+def test_class_pixel_counts(tmp_path):
+    m = np.zeros((4, 4), int)
+    m[0] = 1
+    m[1, :2] = 255
+    root = write_dataset(tmp_path, [m])
+    np.testing.assert_array_equal(data.class_pixel_counts(root), [10, 4, 0])
+
+
+def test_missing_user_data_dir_is_explained(tmp_path):
+    from helpers.config import load_settings
+
+    settings = load_settings({"DEEPLAB_DATA_DIR": str(tmp_path / "nope")})
+    with pytest.raises(data.DatasetError, match="does not exist"):
+        data.ensure_data(settings)

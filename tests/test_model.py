@@ -1,0 +1,141 @@
+import keras
+import numpy as np
+import pytest
+
+import helpers  # noqa: F401 - registers the custom layers
+from helpers import reference
+from helpers.model import (
+    ImagePreprocessing,
+    WeightsUnavailableError,
+    aspp,
+    build_deeplabv3_plus,
+    build_encoder,
+)
+
+
+@pytest.fixture(scope="module")
+def resnet_model():
+    return build_deeplabv3_plus(5, backbone="resnet50", weights=None)
+
+
+@pytest.mark.parametrize("height, width", [(256, 256), (320, 480), (512, 512)])
+def test_resnet50_model_builds_for_fixed_shapes_and_outputs_input_size(height, width):
+    model = build_deeplabv3_plus(5, input_shape=(height, width, 3), backbone="resnet50", weights=None)
+    assert model.output_shape == (None, height, width, 5)
+    out = model.predict_on_batch(np.zeros((1, height, width, 3), np.float32))
+    assert out.shape == (1, height, width, 5) and out.dtype == np.float32
+
+
+def test_one_training_step_runs_and_changes_the_weights():
+    model = build_deeplabv3_plus(3, input_shape=(256, 256, 3), backbone="resnet50", weights=None)
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = model.get_layer("logits").get_weights()[0].copy()
+    x = np.random.default_rng(0).uniform(0, 255, (2, 256, 256, 3)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, (2, 256, 256))
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    assert not np.allclose(before, model.get_layer("logits").get_weights()[0])
+
+
+@pytest.mark.parametrize("height, width", [(256, 256), (240, 320), (320, 480), (96, 160)])
+def test_one_dynamic_model_serves_any_size(resnet_model, height, width):
+    out = resnet_model.predict_on_batch(np.zeros((1, height, width, 3), np.float32))
+    assert out.shape == (1, height, width, 5)
+
+
+def test_taps_have_the_paper_strides():
+    inputs = keras.Input((256, 320, 3))
+    low, high = build_encoder(inputs, "resnet50", None, output_stride=16)
+    assert tuple(low.shape[1:3]) == (64, 80)  # stride 4
+    assert tuple(high.shape[1:]) == (16, 20, 2048)  # conv5, dilated: stride 16
+    _, high8 = build_encoder(keras.Input((256, 320, 3)), "resnet50", None, output_stride=8)
+    assert tuple(high8.shape[1:3]) == (32, 40)
+
+
+def test_mobilenetv2_backbone(tmp_path):
+    model = build_deeplabv3_plus(4, backbone="mobilenetv2", weights=None)
+    assert model.predict_on_batch(np.zeros((2, 128, 192, 3), np.float32)).shape == (2, 128, 192, 4)
+
+
+def test_aspp_has_five_branches_of_256_channels():
+    features = keras.Input((16, 16, 64))
+    out = aspp(features, 256, (6, 12, 18))
+    model = keras.Model(features, out)
+    concat = model.get_layer("aspp_concat")
+    assert len(concat.input) == 5
+    assert all(tuple(t.shape[1:]) == (16, 16, 256) for t in concat.input)
+    assert tuple(out.shape[1:]) == (16, 16, 256)
+
+
+def test_preprocessing_matches_keras_applications():
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    caffe = ImagePreprocessing("caffe")(x)
+    np.testing.assert_allclose(caffe, keras.applications.resnet50.preprocess_input(x.copy()), atol=1e-4)
+    tf_mode = ImagePreprocessing("tf")(x)
+    np.testing.assert_allclose(tf_mode, keras.applications.mobilenet_v2.preprocess_input(x.copy()), atol=1e-5)
+
+
+def test_saved_model_reloads_with_the_same_outputs(tmp_path):
+    model = build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 96, 3)).astype(np.float32)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(model.predict_on_batch(x), again.predict_on_batch(x), atol=1e-5)
+
+
+def test_seed_tutorial_taps_fail_to_build():
+    with pytest.raises(ValueError) as info:
+        reference.build_reference_model((256, 256, 3), 5, weights=None, taps=reference.REFERENCE_TAPS)
+    message = str(info.value)
+    assert "Concatenate" in message or "concatenat" in message.lower()
+    assert "32" in message and "16" in message  # 8x8 conv5 map upsampled x4 vs 16x16 conv4 map
+
+
+def test_corrected_reference_builds_at_full_resolution():
+    model = reference.build_reference_model((256, 256, 3), 5, weights=None, taps=reference.CORRECTED_TAPS)
+    assert model.output_shape == (None, 256, 256, 5)
+
+
+def test_offline_imagenet_download_fails_with_advice(monkeypatch):
+    from keras.src.applications import resnet
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(resnet.file_utils, "get_file", offline)
+    with pytest.raises(WeightsUnavailableError) as info:
+        build_deeplabv3_plus(5, weights="imagenet")
+    assert "DEEPLAB_WEIGHTS=none" in str(info.value)
+    assert "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in str(info.value)
+
+
+def test_unreadable_weights_file_is_named(tmp_path):
+    bad = tmp_path / "weights.h5"
+    bad.write_bytes(b"not an hdf5 file")
+    with pytest.raises(WeightsUnavailableError, match="weights.h5"):
+        build_deeplabv3_plus(5, weights=str(bad))
+
+
+def test_weights_file_loads_into_the_dilated_encoder_by_layer_name(tmp_path):
+    # A weights file in the layout of Keras's ImageNet file: a plain ResNet50 without top.
+    plain = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(None, None, 3))
+    rng = np.random.default_rng(0)
+    layer = plain.get_layer("conv5_block2_2_conv")
+    layer.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in layer.get_weights()])
+    # Keras's ImageNet files are legacy HDF5, weights grouped by layer name; write one the same way.
+    h5py = pytest.importorskip("h5py")
+    from keras.src.legacy.saving import legacy_h5_format
+
+    path = tmp_path / "resnet50_notop.h5"
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, plain)
+    model = build_deeplabv3_plus(5, weights=str(path))
+    np.testing.assert_array_equal(
+        model.get_layer("conv5_block2_2_conv").get_weights()[0], plain.get_layer("conv5_block2_2_conv").get_weights()[0]
+    )
+    assert model.get_layer("conv5_block2_2_conv").dilation_rate == (2, 2)
+
+
+def test_num_classes_must_be_at_least_two():
+    with pytest.raises(ValueError, match="num_classes"):
+        build_deeplabv3_plus(1, weights=None)

@@ -1,0 +1,117 @@
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import artifacts, evaluate, predict, train
+from helpers.config import load_settings
+
+
+def test_poly_schedule_by_hand():
+    assert train.poly_learning_rate(0.0, 1.0, warmup=0.1) == pytest.approx(0.1)
+    assert train.poly_learning_rate(0.05, 1.0, warmup=0.1) == pytest.approx(0.55)
+    assert train.poly_learning_rate(0.1, 1.0, warmup=0.1) == pytest.approx(1.0)
+    assert train.poly_learning_rate(0.55, 1.0, warmup=0.1) == pytest.approx(0.5**0.9)
+    assert train.poly_learning_rate(1.0, 1.0, warmup=0.1) == 0.0
+
+
+def test_loss_ignores_the_ignore_index():
+    loss = train.make_loss(255)
+    logits = np.array([[[[5.0, 0.0], [0.0, 5.0]]]], np.float32)  # (1, 1, 2, 2)
+    right = float(loss(np.array([[[0, 1]]]), logits))
+    ignored = float(loss(np.array([[[0, 255]]]), logits))
+    assert ignored == pytest.approx(right, rel=1e-5)  # the ignored pixel adds nothing
+    wrong = float(loss(np.array([[[1, 0]]]), logits))
+    assert wrong > 10 * right
+
+
+def test_wall_time_limit_stops_training():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    cap = train.WallTimeLimit(minutes=0.0)
+    history = model.fit(np.zeros((64, 2)), np.zeros((64, 1)), batch_size=4, epochs=5, verbose=0, callbacks=[cap])
+    assert cap.stopped and len(history.history["loss"]) == 1
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic_dir):
+    out = tmp_path_factory.mktemp("out")
+    settings = load_settings(
+        {
+            "DEEPLAB_DATA_DIR": str(synthetic_dir),
+            "DEEPLAB_OUTPUT_DIR": str(out),
+            "DEEPLAB_IMAGE_SIZE": "64",
+            "DEEPLAB_BATCH_SIZE": "4",
+            "DEEPLAB_EPOCHS": "2",
+            "DEEPLAB_BACKBONE": "mobilenetv2",
+        }
+    )
+    return settings, train.train(settings, verbose=0)
+
+
+def test_training_writes_model_and_history(trained):
+    settings, result = trained
+    paths = artifacts.output_paths(settings.output_dir)
+    assert paths["model"].is_file() and result.model_path == paths["model"]
+    history = json.loads(paths["history"].read_text())
+    assert len(history["history"]["loss"]) == result.epochs_run == 2
+    assert {"loss", "miou", "val_loss", "val_miou", "seconds"} <= set(history["history"])
+    assert history["meta"]["settings"]["image_size"] == 64
+    reloaded = keras.saving.load_model(paths["model"])
+    assert reloaded.predict_on_batch(np.zeros((1, 64, 96, 3), np.float32)).shape == (1, 64, 96, 5)
+    assert not list(settings.output_dir.glob(".*partial*")), "no temporary files left behind"
+
+
+def test_evaluation_writes_metrics_json(trained):
+    settings, result = trained
+    evaluation = evaluate.evaluate(settings, result.model, split="test")
+    metrics = json.loads((settings.output_dir / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["num_images"] == 4
+    assert set(metrics["per_class_iou"]) == {"background", "road", "car", "pedestrian", "building"}
+    assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
+    assert np.sum(evaluation.confusion) == metrics["num_images"] * 64 * 64 - np.sum(
+        [np.sum(m.numpy() == 255) for _, m in __import__("helpers").data.make_dataset(
+            settings.data_dir, "test", 64, 4, False)]
+    )  # fmt: skip
+
+
+def test_predict_maps_masks_back_to_the_original_size(trained, tmp_path):
+    _, result = trained
+    image = np.random.default_rng(0).integers(0, 255, (50, 70, 3)).astype(np.uint8)
+    mask = predict.predict_mask(result.model, image, image_size=64)
+    assert mask.shape == (50, 70) and mask.dtype == np.uint8 and mask.max() < 5
+    Image.fromarray(image).save(tmp_path / "a.png")
+    Image.fromarray(image).convert("L").save(tmp_path / "b.jpg")
+    written = predict.predict_folder(result.model, tmp_path, tmp_path / "masks", 64)
+    assert [p.name for p in written] == ["a.png", "b.png"]
+    assert np.asarray(Image.open(written[1])).shape == (50, 70)
+
+
+def test_load_or_train_uses_the_saved_model(trained, capsys):
+    settings, _ = trained
+    train.load_or_train(settings)
+    assert "Loaded the trained model" in capsys.readouterr().out
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "helpers", *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("command", ["info", "generate-data", "train", "evaluate", "predict"])
+def test_cli_help(command):
+    done = run_cli(command, "--help")
+    assert done.returncode == 0 and "usage:" in done.stdout
+
+
+def test_cli_generate_data_and_bad_setting(tmp_path):
+    done = run_cli(
+        "generate-data", "--out", str(tmp_path / "d"), "--num-train", "2", "--num-val", "1", "--num-test", "1"
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "d" / "train" / "images").glob("*.png"))) == 2
+    bad = run_cli("info", "--image-size", "abc")
+    assert bad.returncode == 2 and "DEEPLAB_IMAGE_SIZE='abc'" in bad.stderr
