@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
 # Colab's GPU runtime as published in August 2026, minus Python 3.13 (tested on this Python).
 COLAB_PINS := tensorflow-cpu==2.20.0 keras==3.13.2 numpy==2.1.3 matplotlib==3.10.0 ipywidgets==7.7.1
+LINT_PATHS := src tests scripts notebooks $(wildcard benchmarks)
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
 
 .PHONY: install data run test test-unit test-notebooks test-colab lab bench lint format clean
@@ -23,7 +24,7 @@ data: install
 	$(PY) -m helpers generate-data || true
 
 run: install
-	$(PY) scripts/run_course.py
+	DEEPLAB_HEADLESS=1 $(PY) scripts/run_course.py
 
 test: lint test-unit test-notebooks
 
@@ -32,7 +33,7 @@ test-unit: install
 
 test-notebooks: install
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-		$(PY) -m pytest -q $(NBVAL) notebooks; \
+		DEEPLAB_HEADLESS=1 $(PY) -m pytest -q $(NBVAL) notebooks; \
 	else echo "no notebooks yet"; fi
 
 # The unit tests again, in a second environment pinned to Colab's versions.
@@ -49,12 +50,12 @@ bench: install
 	$(PY) benchmarks/bench.py
 
 lint: install
-	$(VENV)/bin/ruff check src tests scripts benchmarks notebooks
-	$(VENV)/bin/ruff format --check src tests scripts benchmarks notebooks
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
 
 format: install
-	$(VENV)/bin/ruff format src tests scripts benchmarks notebooks
-	$(VENV)/bin/ruff check --fix src tests scripts benchmarks notebooks
+	$(VENV)/bin/ruff format $(LINT_PATHS)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
 
 clean:
 	rm -rf build data/synthetic-*

@@ -7,6 +7,7 @@ model, history, metrics and figures are in the output directory.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ def run(cmd: list[str]) -> None:
 
 
 def main() -> int:
+    os.environ["DEEPLAB_HEADLESS"] = "1"  # no one to move sliders: explorer cells show their static twin
     sys.path.insert(0, str(ROOT / "src"))
     from helpers import data
     from helpers.config import load_settings

@@ -24,7 +24,7 @@ def test_smoke_profile_is_the_default_and_uses_built_in_data():
 
 def test_full_profile_defaults():
     s = load_settings({"DEEPLAB_PROFILE": "full"})
-    assert (s.image_size, s.weights, s.train_minutes) == (256, "imagenet", None)
+    assert (s.image_size, s.weights, s.train_minutes) == (256, "imagenet", 8.0)
     assert s.backbone_weights == "imagenet"
 
 

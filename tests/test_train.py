@@ -29,6 +29,18 @@ def test_loss_ignores_the_ignore_index():
     assert wrong > 10 * right
 
 
+def test_saved_model_has_no_optimizer_state_and_training_goes_on(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(64), keras.layers.Dense(1)])
+    model.compile("adam", "mse")
+    model.fit(np.zeros((8, 4)), np.zeros((8, 1)), verbose=0)
+    artifacts.save_model(model, tmp_path / "m.keras")
+    assert model.compiled and model.optimizer is not None
+    model.fit(np.zeros((8, 4)), np.zeros((8, 1)), verbose=0)  # the caller's model still trains
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(again.layers[0].get_weights()[0].shape, (4, 64))
+    assert not again.compiled
+
+
 def test_wall_time_limit_stops_training():
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
@@ -64,6 +76,7 @@ def test_training_writes_model_and_history(trained):
     reloaded = keras.saving.load_model(paths["model"])
     assert reloaded.predict_on_batch(np.zeros((1, 64, 96, 3), np.float32)).shape == (1, 64, 96, 5)
     assert not list(settings.output_dir.glob(".*partial*")), "no temporary files left behind"
+    assert not reloaded.compiled  # saved for inference: no optimizer state in the file
 
 
 def test_evaluation_writes_metrics_json(trained):

@@ -59,14 +59,23 @@ def read_json(path: str | Path) -> dict:
 
 
 def save_model(model, path: str | Path) -> Path:
-    """Save a Keras model atomically (the ``.keras`` suffix is kept on the temporary file)."""
+    """Save the model for inference, atomically: architecture and weights, no optimizer state.
+
+    Adam keeps two extra copies of every weight, which would triple the file
+    (about 480 MB instead of 160 MB for ResNet50 DeepLabV3+). The saved model loads
+    uncompiled; call ``compile`` on it to train further. The file is written under a
+    temporary name and renamed, so an interrupted save never leaves half a model.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-partial{path.suffix}")
+    optimizer, compiled = getattr(model, "optimizer", None), getattr(model, "compiled", False)
     try:
+        model.optimizer, model.compiled = None, False
         model.save(tmp)
         os.replace(tmp, path)
     finally:
+        model.optimizer, model.compiled = optimizer, compiled
         tmp.unlink(missing_ok=True)
     return path
 

@@ -16,6 +16,10 @@ from keras import layers, ops
 
 BACKBONES = ("resnet50", "mobilenetv2")
 
+# Keras's default batch-norm momentum (0.99) lets the running statistics used at
+# evaluation lag hundreds of steps behind training; course runs are short.
+BN_MOMENTUM = 0.9
+
 # Where each backbone is tapped. "low" is the stride-4 feature map the decoder
 # refines with; "high" is the deepest map, fed to ASPP.
 TAPS = {
@@ -127,7 +131,7 @@ def conv_bn_relu(
         x = layers.DepthwiseConv2D(
             kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=f"{name}_depthwise"
         )(x)
-        x = layers.BatchNormalization(name=f"{name}_depthwise_bn")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_depthwise_bn")(x)
         x = layers.Activation("relu", name=f"{name}_depthwise_relu")(x)
         kernel_size, dilation_rate = 1, 1
     x = AtrousConv2D(
@@ -139,7 +143,7 @@ def conv_bn_relu(
         kernel_initializer="he_normal",
         name=name,
     )(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -203,6 +207,13 @@ def _like_inputs(model: keras.Model, tensor):
     return [tensor] if isinstance(model.input, (list, tuple)) else tensor
 
 
+def _short_run_bn(layer):
+    config = layer.get_config()
+    if isinstance(layer, layers.BatchNormalization):
+        config["momentum"] = BN_MOMENTUM
+    return layer.__class__.from_config(config)
+
+
 def _dilated_clone(base: keras.Model, inputs, output_stride: int) -> keras.Model:
     """Rebuild a ResNet on ``inputs`` with the last stride(s) replaced by dilation.
 
@@ -218,6 +229,8 @@ def _dilated_clone(base: keras.Model, inputs, output_stride: int) -> keras.Model
 
     def clone_layer(layer):
         config = layer.get_config()
+        if isinstance(layer, layers.BatchNormalization):
+            config["momentum"] = BN_MOMENTUM
         stage = layer.name.split("_")[0]
         if stage in rates and isinstance(layer, layers.Conv2D):
             if layer.name.endswith(("block1_0_conv", "block1_1_conv")):
@@ -244,7 +257,7 @@ def build_encoder(inputs, backbone: str = "resnet50", weights: str | None = "ima
     else:
         if output_stride != 16:
             raise ValueError("The mobilenetv2 backbone is tapped at output stride 16 only.")
-        net = keras.models.clone_model(base, input_tensors=_like_inputs(base, x))
+        net = keras.models.clone_model(base, input_tensors=_like_inputs(base, x), clone_function=_short_run_bn)
         net.set_weights(base.get_weights())
     taps = TAPS[backbone]
     return net.get_layer(taps["low"]).output, net.get_layer(taps["high"]).output

@@ -1,0 +1,236 @@
+"""make bench: the reference tutorial's pipeline and model against the course's default path.
+
+One process, the same data, the same image size and batch size. For each variant:
+forward FLOPs per image (counted from the graph), training and inference images/s,
+peak memory while training, achieved FLOP/s against this machine's matmul peak,
+and the ratio to the reference. Optionally (--quality) the test mIoU of each after
+training on the same number of images. Writes build/bench.json and build/bench.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from helpers import data, reference, synthetic  # noqa: E402
+from helpers.flops import count_flops  # noqa: E402
+from helpers.metrics import ConfusionMatrix  # noqa: E402
+from helpers.model import build_deeplabv3_plus  # noqa: E402
+from helpers.train import compile_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class PeakMemory:
+    """Peak resident memory of this process above its level at entry, sampled every 10 ms."""
+
+    def __enter__(self):
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __exit__(self, *exc):
+        self.running = False
+        self.thread.join()
+
+    @property
+    def megabytes(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+
+def matmul_peak(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of a large square matmul: the ceiling convolutions can approach."""
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
+    matmul = tf.function(lambda x, y: tf.matmul(x, y))
+    matmul(a, b).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = matmul(a, b)
+    out.numpy()
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+class Variant:
+    """A model plus the input pipeline and preprocessing it is trained with."""
+
+    def __init__(self, name, build, dataset, scale_input):
+        self.name, self.build, self.dataset, self.scale_input = name, build, dataset, scale_input
+
+
+def reference_variant(data_dir, info, size, batch):
+    def build():
+        model = reference.build_reference_model((size, size, 3), info.num_classes, None, reference.CORRECTED_TAPS)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        return model
+
+    def dataset():
+        images, masks = data.list_pairs(data_dir, "train")
+        ds = reference.reference_data_generator(images, masks, batch, size)
+        # The reference has no ignore index; void pixels must become a class for its loss to run at all.
+        return ds.map(lambda x, y: (x, tf.where(y == 255, tf.zeros_like(y), y)))
+
+    return Variant("reference (tutorial, taps corrected)", build, dataset, 1 / 255)
+
+
+def course_variant(data_dir, info, size, batch, name="course default", **model_kwargs):
+    def build():
+        model = build_deeplabv3_plus(info.num_classes, weights=None, **model_kwargs)
+        return compile_model(model, info)
+
+    def dataset():
+        return data.make_dataset(data_dir, "train", size, batch, training=True, info=info)
+
+    return Variant(name, build, dataset, 1.0)
+
+
+def measure(variant: Variant, size: int, batch: int, steps: int) -> dict:
+    keras.utils.set_random_seed(0)
+    model = variant.build()
+    flops = count_flops(model, (size, size, 3))
+    ds = variant.dataset().repeat()
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace and warm up
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+        train_seconds = time.perf_counter() - start
+    images = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32") * variant.scale_input
+    predict = tf.function(lambda x: model(x, training=False))
+    predict(images)
+    start = time.perf_counter()
+    for _ in range(steps):
+        predict(images).numpy()
+    infer_seconds = time.perf_counter() - start
+    train_ips = steps * batch / train_seconds
+    return {
+        "model": model,
+        "params": int(model.count_params()),
+        "gflops_per_image": flops / 1e9,
+        "train_images_per_s": train_ips,
+        "inference_images_per_s": steps * batch / infer_seconds,
+        "peak_train_memory_mb": memory.megabytes,
+        # a training step costs about 3 forward passes (forward, and two for the backward pass)
+        "train_gflops_per_s": 3 * flops * train_ips / 1e9,
+    }
+
+
+def test_miou(model, data_dir, info, size, scale_input) -> float:
+    matrix = ConfusionMatrix(info.num_classes, info.ignore_index)
+    for images, masks in data.make_dataset(data_dir, "test", size, 8, training=False, info=info):
+        matrix.update(masks.numpy(), np.argmax(model.predict_on_batch(images * scale_input), axis=-1))
+    return matrix.scores().miou
+
+
+def _ratio(row: dict, base: dict, key: str) -> str:
+    return "" if row is base else f" ({row[key] / base[key]:.2f}x)"
+
+
+def markdown(result: dict) -> str:
+    rows = result["variants"]
+    base = rows[0]
+    quality = "test_miou" in base
+    header = "| variant | params | GFLOPs/image | train img/s | inference img/s | peak train memory | train GFLOP/s |"
+    lines = [
+        f"Measured {result['date']} on {result['machine']}; {result['image_size']}x{result['image_size']}, "
+        f"batch {result['batch_size']}, {result['steps']} timed steps each. Matmul peak on this machine: "
+        f"{result['matmul_gflops_float32']:.0f} GFLOP/s float32, {result['matmul_gflops_bfloat16']:.0f} bfloat16.",
+        "",
+        header + (" test mIoU |" if quality else ""),
+        "|---|---|---|---|---|---|---|" + ("---|" if quality else ""),
+    ]
+    for row in rows:
+        share = row["train_gflops_per_s"] / result["matmul_gflops_float32"]
+        cells = [
+            row["name"],
+            f"{row['params'] / 1e6:.1f} M",
+            f"{row['gflops_per_image']:.1f}{_ratio(row, base, 'gflops_per_image')}",
+            f"{row['train_images_per_s']:.1f}{_ratio(row, base, 'train_images_per_s')}",
+            f"{row['inference_images_per_s']:.1f}{_ratio(row, base, 'inference_images_per_s')}",
+            f"{row['peak_train_memory_mb']:.0f} MB{_ratio(row, base, 'peak_train_memory_mb')}",
+            f"{row['train_gflops_per_s']:.0f} ({share:.0%} of fp32 peak)",
+        ]
+        if quality:
+            cells.append(f"{row['test_miou']:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant")
+    parser.add_argument(
+        "--quality", type=int, default=0, help="also train each for this many images and score test mIoU"
+    )
+    parser.add_argument("--all", action="store_true", help="also measure the course's other model options")
+    parser.add_argument("--out", default=str(ROOT / "build"))
+    args = parser.parse_args()
+
+    data_dir = ROOT / "data" / "bench"
+    if not (data_dir / "classes.json").is_file():
+        synthetic.generate_dataset(data_dir, 96, 24, 24, seed=42)
+    info = data.read_dataset_info(data_dir)
+    size, batch = args.image_size, args.batch_size
+    variants = [reference_variant(data_dir, info, size, batch), course_variant(data_dir, info, size, batch)]
+    if args.all:
+        options = {
+            "course, separable ASPP + decoder": {"separable": True},
+            "course, output stride 8": {"output_stride": 8},
+            "course, MobileNetV2 + separable": {"backbone": "mobilenetv2", "separable": True},
+        }
+        variants += [course_variant(data_dir, info, size, batch, name, **kw) for name, kw in options.items()]
+
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
+        "image_size": size,
+        "batch_size": batch,
+        "steps": args.steps,
+        "matmul_gflops_float32": matmul_peak(tf.float32) / 1e9,
+        "matmul_gflops_bfloat16": matmul_peak(tf.bfloat16) / 1e9,
+        "variants": [],
+    }
+    for variant in variants:
+        print(f"measuring: {variant.name}", flush=True)
+        row = measure(variant, size, batch, args.steps)
+        model = row.pop("model")
+        if args.quality:
+            steps = max(1, args.quality // batch)
+            model.fit(variant.dataset().repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
+            row["test_miou"] = test_miou(model, data_dir, info, size, variant.scale_input)
+        result["variants"].append({"name": variant.name, **row})
+        keras.backend.clear_session()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    (out / "bench.md").write_text(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Autograders for the notebooks' exercises: ``check_...(your_function)`` says whether it is right.
+
+Each checker runs the learner's function on cases with known answers, prints a
+short verdict with a hint when something is off, and returns ``True`` or ``False``.
+A function that still raises ``NotImplementedError`` is reported as not attempted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+
+def _report(name: str, fn: Callable, cases) -> bool:
+    for description, args, expected, compare in cases:
+        try:
+            got = fn(*args)
+        except NotImplementedError:
+            print(f"[not attempted] {name}: replace `raise NotImplementedError` with your code, then run this again.")
+            return False
+        except Exception as err:  # the learner's bug: show it, don't crash the notebook
+            print(f"[not yet] {name} raised {type(err).__name__}: {err} (on {description}).")
+            return False
+        if not compare(got, expected):
+            print(f"[not yet] {name} on {description}: expected {expected!r}, got {got!r}.")
+            return False
+    print(f"[correct] {name} passes all {len(cases)} checks.")
+    return True
+
+
+def _close(got, expected) -> bool:
+    try:
+        return np.allclose(np.asarray(got, np.float64), np.asarray(expected, np.float64), equal_nan=True)
+    except (TypeError, ValueError):
+        return False
+
+
+def _equal(got, expected) -> bool:
+    return np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def check_nearest_resize(fn: Callable) -> bool:
+    """``fn(mask, new_height, new_width) -> mask`` must resize with nearest neighbour (numpy only)."""
+    mask = np.array([[0, 1], [2, 3]], np.uint8)
+    return _report(
+        "nearest-neighbour resize",
+        fn,
+        [
+            ("a 2x2 mask to 4x4", (mask, 4, 4), np.kron(mask, np.ones((2, 2), np.uint8)), _equal),
+            ("a 2x2 mask to 2x4", (mask, 2, 4), np.repeat(mask, 2, axis=1), _equal),
+            ("the same size", (mask, 2, 2), mask, _equal),
+        ],
+    )
+
+
+def check_receptive_field(fn: Callable) -> bool:
+    """``fn(kernel_size, rate) -> int``: the span covered by one atrous conv, ``(k - 1) * rate + 1``."""
+    return _report(
+        "atrous span",
+        fn,
+        [(f"kernel {k}, rate {r}", (k, r), (k - 1) * r + 1, _equal) for k, r in ((3, 1), (3, 6), (3, 18), (5, 2))],
+    )
+
+
+def check_conv_params(fn: Callable) -> bool:
+    """``fn(kernel, c_in, c_out, separable) -> int``: weights of a bias-free 3x3 (separable) conv."""
+    cases = []
+    for k, cin, cout in ((3, 2048, 256), (3, 64, 32), (1, 10, 5)):
+        cases.append((f"regular {k}x{k}, {cin}->{cout}", (k, cin, cout, False), k * k * cin * cout, _equal))
+        cases.append((f"separable {k}x{k}, {cin}->{cout}", (k, cin, cout, True), k * k * cin + cin * cout, _equal))
+    return _report("convolution parameter count", fn, cases)
+
+
+def check_output_size(fn: Callable) -> bool:
+    """``fn(input_size, output_stride) -> int``: feature-map side for a 'same'-padded backbone."""
+    cases = [
+        (f"input {n}, stride {s}", (n, s), -(-n // s), _equal) for n, s in ((256, 16), (513, 16), (320, 32), (250, 4))
+    ]
+    return _report("feature-map size", fn, cases)
+
+
+def check_iou_from_confusion(fn: Callable) -> bool:
+    """``fn(confusion) -> array``: IoU per class, NaN for a class absent from truth and prediction."""
+    m = np.array([[1, 1, 0], [0, 2, 0], [1, 0, 1]])
+    absent = np.array([[2, 1, 0], [0, 1, 0], [0, 0, 0]])
+    return _report(
+        "IoU from a confusion matrix",
+        fn,
+        [
+            ("a 3-class matrix", (m,), [1 / 3, 2 / 3, 1 / 2], _close),
+            ("a matrix where class 2 never appears", (absent,), [2 / 3, 1 / 2, np.nan], _close),
+            ("a perfect prediction", (np.diag([5, 3]),), [1.0, 1.0], _close),
+        ],
+    )
+
+
+def check_per_batch_bias(fn: Callable) -> bool:
+    """``fn(batches_true, batches_pred, num_classes) -> (per_batch_mean, streaming_miou)``."""
+    b1, b2 = np.array([0, 0, 1, 1]), np.array([0, 0, 2, 2])
+    return _report(
+        "per-batch versus streaming mIoU",
+        fn,
+        [("two perfect batches, each missing a class", ([b1, b2], [b1, b2], 3), (2 / 3, 1.0), _close)],
+    )
+
+
+def check_overlay(fn: Callable) -> bool:
+    """``fn(image, mask, palette, alpha) -> image``: ``(1 - alpha) * image + alpha * palette[mask]``, uint8."""
+    image = np.full((2, 2, 3), 100, np.uint8)
+    mask = np.array([[0, 1], [1, 0]], np.uint8)
+    palette = np.array([[0, 0, 0], [200, 100, 0]], np.uint8)
+    expected = ((0.5 * image + 0.5 * palette[mask]) + 0.0).astype(np.uint8)
+    return _report(
+        "overlay",
+        fn,
+        [
+            (
+                "alpha 0.5",
+                (image, mask, palette, 0.5),
+                expected,
+                lambda g, e: _close(g, e) and np.asarray(g).dtype == np.uint8,
+            ),
+            ("alpha 0", (image, mask, palette, 0.0), image, _close),
+            ("alpha 1", (image, mask, palette, 1.0), palette[mask], _close),
+        ],
+    )
+
+
+def check_restore_size(fn: Callable) -> bool:
+    """``fn(scores, height, width) -> mask``: resize (1, h, w, C) scores to H x W, then argmax."""
+    scores = np.zeros((1, 2, 2, 2), np.float32)
+    scores[0, :, 0, 0] = 1.0  # left column is class 0
+    scores[0, :, 1, 1] = 1.0  # right column is class 1
+    expected = np.zeros((4, 6), np.uint8)
+    expected[:, 3:] = 1
+    return _report(
+        "restore a prediction to the original size",
+        fn,
+        [("2x2 scores to 4x6", (scores, 4, 6), expected, lambda g, e: _equal(np.asarray(g).squeeze(), e))],
+    )
