@@ -139,3 +139,27 @@ def test_weights_file_loads_into_the_dilated_encoder_by_layer_name(tmp_path):
 def test_num_classes_must_be_at_least_two():
     with pytest.raises(ValueError, match="num_classes"):
         build_deeplabv3_plus(1, weights=None)
+
+
+@pytest.mark.parametrize("rate, size", [(2, 16), (6, 8), (18, 8)])
+def test_atrous_conv_matches_keras_in_value_and_gradient(rate, size):
+    import tensorflow as tf
+
+    from helpers.model import AtrousConv2D
+
+    rng = np.random.default_rng(rate)
+    x = tf.constant(rng.normal(size=(2, size, size, 8)).astype(np.float32))
+    ours = AtrousConv2D(4, 3, dilation_rate=rate, padding="same", use_bias=False)
+    plain = keras.layers.Conv2D(4, 3, dilation_rate=rate, padding="same", use_bias=False)
+    ours.build(x.shape)
+    plain.build(x.shape)
+    plain.set_weights(ours.get_weights())
+    results = []
+    for layer in (ours, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            loss = tf.reduce_sum(y * y)
+        results.append((y, *tape.gradient(loss, [x, layer.kernel])))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-3)
