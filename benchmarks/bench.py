@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class PeakMemory:
-    """Peak resident memory of this process above its level at entry, sampled every 10 ms."""
+    """Growth of this process's resident memory above its level at entry, sampled every 10 ms.
+
+    Memory freed by earlier variants may be reused, so later rows can read a little low.
+    """
 
     def __enter__(self):
         self.process = psutil.Process()
@@ -107,11 +110,11 @@ def course_variant(data_dir, info, size, batch, name="course default", **model_k
 
 def measure(variant: Variant, size: int, batch: int, steps: int) -> dict:
     keras.utils.set_random_seed(0)
-    model = variant.build()
-    flops = count_flops(model, (size, size, 3))
-    ds = variant.dataset().repeat()
-    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace and warm up
-    with PeakMemory() as memory:
+    with PeakMemory() as memory:  # from building the model to the end of training
+        model = variant.build()
+        flops = count_flops(model, (size, size, 3))
+        ds = variant.dataset().repeat()
+        model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace and warm up
         start = time.perf_counter()
         model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
         train_seconds = time.perf_counter() - start
@@ -150,7 +153,7 @@ def markdown(result: dict) -> str:
     rows = result["variants"]
     base = rows[0]
     quality = "test_miou" in base
-    header = "| variant | params | GFLOPs/image | train img/s | inference img/s | peak train memory | train GFLOP/s |"
+    header = "| variant | params | GFLOPs/image | train img/s | inference img/s | memory growth | train GFLOP/s |"
     lines = [
         f"Measured {result['date']} on {result['machine']}; {result['image_size']}x{result['image_size']}, "
         f"batch {result['batch_size']}, {result['steps']} timed steps each. Matmul peak on this machine: "

@@ -60,6 +60,15 @@ def cmd_generate_data(args) -> int:
     return 0
 
 
+def cmd_check_data(args) -> int:
+    from helpers.check import check_dataset
+
+    settings = None if args.data_dir_arg else _settings(args)
+    report = check_dataset(args.data_dir_arg or settings.data_dir)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def cmd_train(args) -> int:
     from helpers.train import train
 
@@ -116,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing synthetic dataset")
     _add_setting_flags(p, ["data_dir", "seed", "profile"])
     p.set_defaults(func=cmd_generate_data)
+
+    p = sub.add_parser("check-data", help="read every file of a dataset once and report every problem")
+    p.add_argument("data_dir_arg", nargs="?", metavar="DIR", help="dataset folder (default: the settings' data dir)")
+    _add_setting_flags(p, ["profile"])
+    p.set_defaults(func=cmd_check_data)
 
     p = sub.add_parser("train", help="train DeepLabV3+ and write model.keras and history.json")
     p.add_argument("--class-weighting", choices=["none", "median"], default="none")

@@ -136,6 +136,20 @@ def compile_model(model: keras.Model, info: data.DatasetInfo, learning_rate: flo
     return model
 
 
+def require_clean_data(data_dir: Path) -> None:
+    """Refuse to train on a dataset that fails ``check-data``: better now than an hour in."""
+    from helpers.check import check_dataset
+
+    report = check_dataset(data_dir)
+    if not report.ok:
+        shown = "\n".join(f"  - {p}" for p in report.problems[:10])
+        more = f"\n  ... and {len(report.problems) - 10} more" if len(report.problems) > 10 else ""
+        raise data.DatasetError(
+            f"{data_dir} fails the data check, so training did not start:\n{shown}{more}\n"
+            f"Fix these, then run `python -m helpers check-data {data_dir}` to confirm."
+        )
+
+
 def train(
     settings: Settings,
     model: keras.Model | None = None,
@@ -150,6 +164,7 @@ def train(
     """
     keras.utils.set_random_seed(settings.seed)
     data_dir = data.ensure_data(settings)
+    require_clean_data(data_dir)
     info = data.read_dataset_info(data_dir)
     weights = None
     if class_weighting == "median":
