@@ -69,6 +69,21 @@ def cmd_check_data(args) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_convert_camvid(args) -> int:
+    from helpers.datasets import convert_camvid
+
+    print(f"Wrote CamVid in the course layout to {convert_camvid(args.source, args.target)}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from helpers import datasets
+
+    prepare = {"camvid": datasets.prepare_camvid, "pets": datasets.prepare_pets}[args.dataset]
+    print(f"Wrote {args.dataset} in the course layout to {prepare(args.target)}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from helpers.train import train
 
@@ -131,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_setting_flags(p, ["profile"])
     p.set_defaults(func=cmd_check_data)
 
+    p = sub.add_parser(
+        "convert-camvid", help="convert a local CamVid copy (SegNet tutorial layout) to the course layout"
+    )
+    p.add_argument("source", help="the CamVid folder with train/, trainannot/, val/, valannot/, test/, testannot/")
+    p.add_argument("target", help="new dataset folder")
+    p.set_defaults(func=cmd_convert_camvid)
+
+    p = sub.add_parser("prepare-data", help="download a public dataset and convert it (needs internet)")
+    p.add_argument("dataset", choices=["camvid", "pets"])
+    p.add_argument("target", help="new dataset folder")
+    p.set_defaults(func=cmd_prepare)
+
     p = sub.add_parser("train", help="train DeepLabV3+ and write model.keras and history.json")
     p.add_argument("--class-weighting", choices=["none", "median"], default="none")
     p.add_argument("--learning-rate", type=float, default=1e-3)
@@ -155,12 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from helpers.config import SettingsError
     from helpers.data import DatasetError
+    from helpers.datasets import DownloadError
     from helpers.model import WeightsUnavailableError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SettingsError, DatasetError, WeightsUnavailableError, FileNotFoundError, FileExistsError) as err:
+    except (
+        SettingsError,
+        DatasetError,
+        DownloadError,
+        WeightsUnavailableError,
+        FileNotFoundError,
+        FileExistsError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

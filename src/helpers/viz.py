@@ -25,6 +25,15 @@ KNOWN_PALETTES: dict[tuple[str, ...], list[tuple[int, int, int]]] = {
 }
 
 
+def _register_known_palettes() -> None:
+    from helpers.datasets import CAMVID_CLASSES, CAMVID_COLOURS
+
+    KNOWN_PALETTES[tuple(CAMVID_CLASSES)] = CAMVID_COLOURS
+
+
+_register_known_palettes()
+
+
 def make_palette(classes: Sequence[str]) -> np.ndarray:
     """A ``(256, 3)`` uint8 lookup table: row ``i`` is the colour of label ``i``.
 
