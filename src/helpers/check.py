@@ -98,6 +98,9 @@ def _check_mask(mask_path: Path, mask: Image.Image, image: Image.Image | None, i
             f"is {mw}x{mh} but its image is {iw}x{ih}. "
             "Masks must have the image's size; re-export the mask or resize it with nearest neighbour."
         )
+    if info is not None and info.colors is not None:
+        _check_colour_mask(mask_path, mask, info, report, counts)
+        return
     if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
         report("is a 16-bit mask; the course reads 8-bit class indices. Save it as 8-bit PNG (mode L or P).")
         return
@@ -117,6 +120,27 @@ def _check_mask(mask_path: Path, mask: Image.Image, image: Image.Image | None, i
             f"has label value(s) {bad[:5]} that are neither a class (0..{info.num_classes - 1}) "
             f"nor the ignore index ({info.ignore_index}). Fix the mask or classes.json."
         )
+
+
+def _check_colour_mask(mask_path: Path, mask: Image.Image, info, report, counts) -> None:
+    """Colour-coded masks: every colour must be one of ``classes.json``'s ``colors`` (or the ignore colour)."""
+    from helpers.data import colour_table
+
+    rgb = np.asarray(mask.convert("RGB"), np.int64)
+    key = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+    keys, labels = colour_table(info)
+    found, inverse = np.unique(key, return_inverse=True)
+    unknown = [int(k) for k in found if k not in set(keys.tolist())]
+    if unknown:
+        colours = [(k // 65536, k // 256 % 256, k % 256) for k in unknown[:3]]
+        report(
+            f'has colour(s) {", ".join(str(c) for c in colours)} that are not in classes.json "colors". '
+            'Add them to "colors" (or as "ignore_color"), or fix the mask.'
+        )
+        return
+    lookup = dict(zip(keys.tolist(), labels.tolist()))
+    indices = np.array([lookup[int(k)] for k in found])[inverse.ravel()]
+    counts += np.bincount(indices, minlength=256)
 
 
 def check_dataset(data_dir: str | Path, splits=SPLITS) -> DataReport:

@@ -35,6 +35,8 @@ class DatasetInfo:
 
     classes: tuple[str, ...]
     ignore_index: int | None = None
+    colors: tuple[tuple[int, int, int], ...] | None = None  # colour-coded masks: one RGB colour per class
+    ignore_color: tuple[int, int, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -73,7 +75,40 @@ def read_dataset_info(data_dir: str | Path) -> DatasetInfo:
         )
     if len(classes) > 255:
         raise DatasetError(f"{path}: at most 255 classes fit in an 8-bit mask.")
-    return DatasetInfo(tuple(classes), ignore)
+    colors, ignore_color = _read_colors(path, raw, classes, ignore)
+    return DatasetInfo(tuple(classes), ignore, colors, ignore_color)
+
+
+def _rgb(value) -> tuple[int, int, int] | None:
+    ok = isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and 0 <= v <= 255 for v in value)
+    return tuple(value) if ok else None
+
+
+def _read_colors(path: Path, raw: dict, classes: list, ignore: int | None):
+    """The optional ``colors`` (one ``[r, g, b]`` per class) and ``ignore_color`` of classes.json."""
+    if "colors" not in raw:
+        return None, None
+    colors = raw["colors"]
+    if not isinstance(colors, list) or len(colors) != len(classes) or any(_rgb(c) is None for c in colors):
+        raise DatasetError(f'{path}: "colors" must be a list of {len(classes)} [r, g, b] triples, one per class.')
+    colors = tuple(_rgb(c) for c in colors)
+    ignore_color = raw.get("ignore_color")
+    if ignore_color is not None:
+        if _rgb(ignore_color) is None or ignore is None:
+            raise DatasetError(f'{path}: "ignore_color" must be an [r, g, b] triple, and needs an "ignore_index".')
+        ignore_color = _rgb(ignore_color)
+    if len(set(colors) | ({ignore_color} - {None})) != len(colors) + (ignore_color is not None):
+        raise DatasetError(f'{path}: two classes share a colour in "colors".')
+    return colors, ignore_color
+
+
+def colour_table(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
+    """Keys ``r * 65536 + g * 256 + b`` of every known colour, and the label each one maps to."""
+    pairs = [(c, i) for i, c in enumerate(info.colors)]
+    if info.ignore_color is not None:
+        pairs.append((info.ignore_color, info.ignore_index))
+    keys = np.array([r * 65536 + g * 256 + b for (r, g, b), _ in pairs], np.int64)
+    return keys, np.array([label for _, label in pairs], np.int64)
 
 
 def list_pairs(data_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
@@ -109,13 +144,34 @@ def load_image(path: tf.Tensor) -> tf.Tensor:
     return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
 
 
-def load_mask(path: tf.Tensor) -> tf.Tensor:
-    """Decode a single-channel PNG mask to ``(H, W, 1)`` uint8, refusing colour masks."""
+def load_mask(path: tf.Tensor, info: DatasetInfo | None = None) -> tf.Tensor:
+    """Decode a PNG mask to ``(H, W, 1)`` uint8 class indices.
+
+    Index masks must be single-channel; colour masks are refused unless ``info.colors``
+    says which colour is which class, and then any other colour is an error naming it.
+    """
+    if info is not None and info.colors is not None:
+        return _colour_mask_to_indices(path, info)
     mask = tf.io.decode_png(tf.io.read_file(path), channels=0, dtype=tf.uint8)
     tf.debugging.assert_equal(
         tf.shape(mask)[-1], 1, message=tf.strings.join(["mask has more than one channel: ", path])
     )
     return mask
+
+
+def _colour_mask_to_indices(path, info: DatasetInfo) -> tf.Tensor:
+    keys, labels = colour_table(info)
+    rgb = tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=3), tf.int64)
+    key = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
+    matches = tf.equal(key[..., None], tf.constant(keys))
+    known = tf.reduce_any(matches, axis=-1)
+    unknown = tf.boolean_mask(rgb, tf.logical_not(known))[:1]
+    tf.debugging.Assert(
+        tf.reduce_all(known),
+        ["colour not in classes.json colors:", path, "RGB", unknown],
+    )
+    index = tf.gather(tf.constant(labels), tf.argmax(tf.cast(matches, tf.int32), axis=-1))
+    return tf.cast(index, tf.uint8)[..., None]
 
 
 def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -189,7 +245,7 @@ def make_dataset(
     autotune = tf.data.AUTOTUNE
 
     def load(image_path, mask_path):
-        return resize_image(load_image(image_path), image_size), resize_mask(load_mask(mask_path), image_size)
+        return resize_image(load_image(image_path), image_size), resize_mask(load_mask(mask_path, info), image_size)
 
     ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=autotune)
     if cache:
@@ -230,7 +286,7 @@ def class_pixel_counts(data_dir: str | Path, split: str = "train", info: Dataset
     _, masks = list_pairs(data_dir, split)
     counts = np.zeros(256, np.int64)
     for path in masks:
-        counts += np.bincount(load_mask(path).numpy().ravel(), minlength=256)
+        counts += np.bincount(load_mask(path, info).numpy().ravel(), minlength=256)
     return counts[: info.num_classes]
 
 
