@@ -120,23 +120,28 @@ def test_offline_download_says_how_to_provide_the_files(tmp_path, monkeypatch):
     assert "Offline?" in message and "convert-camvid" in message and str(tmp_path / "cache") in message
 
 
+class FakeResponse(io.BytesIO):
+    """What urlopen returns, for a server on no network: bytes, a status, a context manager."""
+
+    def __init__(self, payload, status=200):
+        super().__init__(payload)
+        self.status = status
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def test_download_resumes_a_partial_file(tmp_path, monkeypatch):
     payload = b"0123456789"
     (tmp_path / "file.zip.part").write_bytes(payload[:4])
     seen = {}
 
-    class Response(io.BytesIO):
-        status = 206
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
     def fake_urlopen(request, timeout):
         seen["range"] = request.get_header("Range")
-        return Response(payload[4:])
+        return FakeResponse(payload[4:], status=206)
 
     monkeypatch.setattr(datasets.urllib.request, "urlopen", fake_urlopen)
     path = datasets.download("https://example.invalid/file.zip", tmp_path / "file.zip")
@@ -145,16 +150,7 @@ def test_download_resumes_a_partial_file(tmp_path, monkeypatch):
 
 
 def fake_server(monkeypatch, payload):
-    class Response(io.BytesIO):
-        status = 200
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda request, timeout: Response(payload))
+    monkeypatch.setattr(datasets.urllib.request, "urlopen", lambda request, timeout: FakeResponse(payload))
 
 
 def test_download_verifies_and_records_the_checksum(tmp_path, monkeypatch):
