@@ -1,7 +1,7 @@
 """Run the whole course headless: generate data, execute the notebooks in order, report.
 
-Executed notebooks go to build/notebooks/, HTML copies to build/html/; the run's
-model, history, metrics and figures are in the output directory.
+Executed notebooks (with their figures) go to build/notebooks/, HTML copies to build/html/;
+the run's model, history, metrics and exported masks are in the output directory.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def main() -> int:
     metrics_file = settings.output_dir / "metrics.json"
     print(f"\nDone in {time.monotonic() - start:.0f} s.")
     if notebooks:
-        print(f"Executed notebooks: {build / 'notebooks'}\nHTML: {build / 'html'}")
-    print(f"Model, history, metrics and figures: {settings.output_dir}")
+        print(f"Executed notebooks, with their figures: {build / 'notebooks'}\nHTML: {build / 'html'}")
+    print(f"Model, history, metrics and exported masks: {settings.output_dir}")
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text())
         print(f"Final mIoU on the {metrics['split']} split ({metrics['num_images']} images): {metrics['miou']:.3f}")

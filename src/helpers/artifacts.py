@@ -3,7 +3,6 @@
 ``<output_dir>/model.keras``   the trained model (``keras.saving.load_model`` after ``import helpers``)
 ``<output_dir>/history.json``  per-epoch losses and metrics
 ``<output_dir>/metrics.json``  evaluation: mIoU, per-class IoU, pixel accuracy, split, number of images
-``<output_dir>/figures/``      figures the notebooks save
 """
 
 from __future__ import annotations
@@ -86,7 +85,6 @@ def output_paths(output_dir: str | Path) -> dict[str, Path]:
         "model": output_dir / MODEL_FILE,
         "history": output_dir / HISTORY_FILE,
         "metrics": output_dir / METRICS_FILE,
-        "figures": output_dir / "figures",
     }
 
 
