@@ -161,3 +161,13 @@ def test_training_refuses_a_dataset_that_fails_the_check(tmp_path):
     with pytest.raises(DatasetError, match="3 channels"):
         train.train(settings)
     assert not (tmp_path / "o").exists()
+
+
+def test_report_counts_match_the_pipeline_counts_used_for_class_weights(synthetic_dir):
+    from helpers import data
+
+    report = check_dataset(synthetic_dir)
+    info = data.read_dataset_info(synthetic_dir)
+    np.testing.assert_array_equal(
+        report.splits["train"].label_counts[: info.num_classes], data.class_pixel_counts(synthetic_dir, "train", info)
+    )

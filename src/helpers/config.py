@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROFILES = ("smoke", "full")
@@ -195,8 +195,3 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         num_test=int(defaults["num_test"]),
         data_dir_is_default=data_raw is None,
     )
-
-
-def setting_names() -> list[str]:
-    """Names of the fields of :class:`Settings` (for documentation and tests)."""
-    return [f.name for f in fields(Settings)]

@@ -301,9 +301,3 @@ def build_deeplabv3_plus(
     x = ResizeLike(name="upsample_to_input")([x, inputs])
     outputs = layers.Activation("linear", dtype="float32", name="scores")(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-def predict_masks(model: keras.Model, images, batch_size: int = 8):
-    """Class index per pixel for a batch of 0-255 images: ``argmax`` of the scores."""
-    scores = model.predict(images, batch_size=batch_size, verbose=0)
-    return ops.convert_to_numpy(ops.argmax(scores, axis=-1)).astype("uint8")

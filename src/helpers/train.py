@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from helpers import artifacts, data
 from helpers.config import Settings
@@ -136,8 +135,8 @@ def compile_model(model: keras.Model, info: data.DatasetInfo, learning_rate: flo
     return model
 
 
-def require_clean_data(data_dir: Path) -> None:
-    """Refuse to train on a dataset that fails ``check-data``: better now than an hour in."""
+def require_clean_data(data_dir: Path):
+    """Refuse to train on a dataset that fails ``check-data``: better now than an hour in. Returns the report."""
     from helpers.check import check_dataset
 
     report = check_dataset(data_dir)
@@ -148,6 +147,7 @@ def require_clean_data(data_dir: Path) -> None:
             f"{data_dir} fails the data check, so training did not start:\n{shown}{more}\n"
             f"Fix these, then run `python -m helpers check-data {data_dir}` to confirm."
         )
+    return report
 
 
 def train(
@@ -164,11 +164,11 @@ def train(
     """
     keras.utils.set_random_seed(settings.seed)
     data_dir = data.ensure_data(settings)
-    require_clean_data(data_dir)
+    report = require_clean_data(data_dir)
     info = data.read_dataset_info(data_dir)
     weights = None
-    if class_weighting == "median":
-        weights = data.median_frequency_weights(data.class_pixel_counts(data_dir, "train", info))
+    if class_weighting == "median":  # the check has already counted every mask's pixels
+        weights = data.median_frequency_weights(report.splits["train"].label_counts[: info.num_classes])
     elif class_weighting != "none":
         raise ValueError(f"class_weighting must be 'none' or 'median', got {class_weighting!r}.")
     train_ds = data.make_dataset(
@@ -229,13 +229,3 @@ def load_or_train(settings: Settings, quick_minutes: float = 2.0) -> keras.Model
     minutes = min(quick_minutes, settings.train_minutes or quick_minutes)
     quick = dataclasses.replace(settings, train_minutes=minutes)
     return train(quick, verbose=0).model
-
-
-def seconds_per_image(model: keras.Model, image_size: int, batch_size: int = 8, repeats: int = 3) -> float:
-    """Inference time per image on random input (after one warm-up call)."""
-    images = np.random.default_rng(0).uniform(0, 255, (batch_size, image_size, image_size, 3)).astype("float32")
-    model.predict_on_batch(images)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        model.predict_on_batch(images)
-    return (time.perf_counter() - start) / (repeats * batch_size)
