@@ -99,7 +99,7 @@ def test_predict_maps_masks_back_to_the_original_size(trained, tmp_path):
     assert mask.shape == (50, 70) and mask.dtype == np.uint8 and mask.max() < 5
     Image.fromarray(image).save(tmp_path / "a.png")
     Image.fromarray(image).convert("L").save(tmp_path / "b.jpg")
-    written = predict.predict_folder(result.model, tmp_path, tmp_path / "masks", 64)
+    written = predict.predict_folder(result.model, tmp_path, tmp_path / "masks", 64).written
     assert [p.name for p in written] == ["a.png", "b.png"]
     assert np.asarray(Image.open(written[1])).shape == (50, 70)
 
