@@ -20,6 +20,10 @@ FLAG_TO_ENV = {
     "weights": "DEEPLAB_WEIGHTS",
     "seed": "DEEPLAB_SEED",
     "profile": "DEEPLAB_PROFILE",
+    "separable": "DEEPLAB_SEPARABLE",
+    "output_stride": "DEEPLAB_OUTPUT_STRIDE",
+    "precision": "DEEPLAB_PRECISION",
+    "xla": "DEEPLAB_XLA",
 }
 
 
@@ -118,9 +122,9 @@ def cmd_predict(args) -> int:
     settings = _settings(args)
     model = artifacts.load_model(args.model or artifacts.output_paths(settings.output_dir)["model"])
     size = None if args.native_size else settings.image_size
-    written = predict_folder(model, args.input, args.output, size)
-    print(f"Wrote {len(written)} mask(s) to {args.output}")
-    return 0
+    report = predict_folder(model, args.input, args.output, size)
+    print(report.format().replace("mask(s).", f"mask(s) to {args.output}.", 1))
+    return 0 if report.written else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
