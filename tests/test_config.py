@@ -9,6 +9,7 @@ def test_every_documented_variable_is_read():
     expected = {
         "DEEPLAB_DATA_DIR", "DEEPLAB_OUTPUT_DIR", "DEEPLAB_IMAGE_SIZE", "DEEPLAB_BATCH_SIZE", "DEEPLAB_EPOCHS",
         "DEEPLAB_TRAIN_MINUTES", "DEEPLAB_BACKBONE", "DEEPLAB_WEIGHTS", "DEEPLAB_SEED", "DEEPLAB_PROFILE",
+        "DEEPLAB_SEPARABLE", "DEEPLAB_OUTPUT_STRIDE", "DEEPLAB_PRECISION", "DEEPLAB_XLA",
     }  # fmt: skip
     assert set(ENV_VARS) == expected
 
@@ -42,12 +43,16 @@ def test_environment_overrides_profile(tmp_path):
             "DEEPLAB_BACKBONE": "MobileNetV2",
             "DEEPLAB_WEIGHTS": str(weights),
             "DEEPLAB_SEED": "3",
+            "DEEPLAB_SEPARABLE": "no",
+            "DEEPLAB_PRECISION": "Mixed_Float16",
+            "DEEPLAB_XLA": "1",
         }
     )
     assert s.data_dir == Path(tmp_path / "d") and not s.data_dir_is_default
     assert s.output_dir == Path(tmp_path / "o")
     assert (s.image_size, s.batch_size, s.epochs, s.train_minutes) == (320, 4, 2, 1.5)
     assert (s.backbone, s.backbone_weights, s.seed) == ("mobilenetv2", str(weights), 3)
+    assert (s.separable, s.precision, s.xla, s.output_stride) == (False, "mixed_float16", True, 16)
 
 
 @pytest.mark.parametrize(
@@ -61,6 +66,11 @@ def test_environment_overrides_profile(tmp_path):
         ({"DEEPLAB_PROFILE": "huge"}, ["DEEPLAB_PROFILE", "smoke", "full"]),
         ({"DEEPLAB_BACKBONE": "vgg16"}, ["DEEPLAB_BACKBONE", "resnet50"]),
         ({"DEEPLAB_WEIGHTS": "/no/such/file.h5"}, ["DEEPLAB_WEIGHTS", "none"]),
+        ({"DEEPLAB_SEPARABLE": "maybe"}, ["DEEPLAB_SEPARABLE", "'maybe'", "=1", "=0"]),
+        ({"DEEPLAB_OUTPUT_STRIDE": "32"}, ["DEEPLAB_OUTPUT_STRIDE=32", "16 or 8"]),
+        ({"DEEPLAB_OUTPUT_STRIDE": "8", "DEEPLAB_BACKBONE": "mobilenetv2"}, ["DEEPLAB_OUTPUT_STRIDE=8", "resnet50"]),
+        ({"DEEPLAB_PRECISION": "fp8"}, ["DEEPLAB_PRECISION", "'fp8'", "mixed_bfloat16"]),
+        ({"DEEPLAB_XLA": "fast"}, ["DEEPLAB_XLA", "'fast'"]),
     ],
 )
 def test_bad_values_are_named_with_a_fix(env, words):

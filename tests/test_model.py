@@ -163,3 +163,81 @@ def test_atrous_conv_matches_keras_in_value_and_gradient(rate, size):
         results.append((y, *tape.gradient(loss, [x, layer.kernel])))
     for a, b in zip(*results):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 5, 3), (3, 1, 1, 7)])  # a feature map, and ASPP's pooled 1x1 branch
+def test_fused_batch_norm_matches_keras(shape):
+    import tensorflow as tf
+
+    from helpers.model import FusedBatchNormalization
+
+    rng = np.random.default_rng(len(shape))
+    x = tf.constant(rng.normal(1.0, 3.0, size=shape).astype(np.float32))
+    ours, plain = FusedBatchNormalization(momentum=0.9), keras.layers.BatchNormalization(momentum=0.9)
+    for layer in (ours, plain):
+        layer.build(shape)
+    plain.set_weights([rng.uniform(0.5, 1.5, size=w.shape).astype(np.float32) for w in plain.get_weights()])
+    ours.set_weights(plain.get_weights())
+    start = plain.get_weights()
+    results = []
+    for layer in (ours, plain):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y**3)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        # one training call moved the running statistics; inference then uses them
+        results.append((y, *grads, *layer.get_weights(), layer(x, training=False)))
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    # by hand: the running variance moves 10% of the way to the biased batch variance, as in Keras
+    batch_var = np.var(x.numpy().reshape(-1, shape[-1]), axis=0)
+    np.testing.assert_allclose(ours.moving_variance.numpy(), 0.9 * start[3] + 0.1 * batch_var, rtol=1e-4)
+
+
+def test_separable_model_has_the_parameter_count_computed_by_hand():
+    dense = build_deeplabv3_plus(5, backbone="resnet50", weights=None)
+    separable = build_deeplabv3_plus(5, backbone="resnet50", weights=None, separable=True)
+
+    def saved(c_in, c_out):  # a 3x3 conv replaced by depthwise 3x3 + its batch norm (4 per channel) + pointwise 1x1
+        return 9 * c_in * c_out - (9 * c_in + 4 * c_in + c_in * c_out)
+
+    # three ASPP rates on conv5's 2048 channels, then the decoder: 256 + 48 channels in, then 256
+    expected = 3 * saved(2048, 256) + saved(256 + 48, 256) + saved(256, 256)
+    assert dense.count_params() - separable.count_params() == expected
+    depthwise = separable.get_layer("aspp_rate12_depthwise")
+    assert depthwise.dilation_rate == (12, 12) and depthwise.count_params() == 9 * 2048
+
+
+def test_mixed_precision_computes_in_bfloat16_and_answers_in_float32(tmp_path):
+    from helpers import artifacts
+
+    before = keras.config.dtype_policy().name
+    model = build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None, separable=True, precision="mixed_bfloat16")
+    assert keras.config.dtype_policy().name == before  # the global policy is restored
+    assert model.get_layer("aspp_project").compute_dtype == "bfloat16"
+    assert model.get_layer("aspp_project").variable_dtype == "float32"  # weights stay float32
+    assert model.get_layer("logits").compute_dtype == "float32"
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, (2, 64, 64))
+    assert np.isfinite(model.train_on_batch(x, y))
+    out = model.predict_on_batch(x)
+    assert out.dtype == np.float32 and out.shape == (2, 64, 64, 3)
+    artifacts.save_model(model, tmp_path / "model.keras")
+    again = artifacts.load_model(tmp_path / "model.keras")
+    assert again.get_layer("aspp_project").compute_dtype == "bfloat16"
+    np.testing.assert_allclose(again.predict_on_batch(x), out, atol=1e-5)
+
+
+def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(monkeypatch):
+    from helpers import model as model_module
+
+    monkeypatch.setattr(model_module, "_cpu_has_bfloat16", lambda: True)
+    expected_gpu = "mixed_float16" if __import__("tensorflow").config.list_physical_devices("GPU") else None
+    assert model_module.resolve_precision("auto") == (expected_gpu or "mixed_bfloat16")
+    monkeypatch.setattr(model_module, "_cpu_has_bfloat16", lambda: False)
+    assert model_module.resolve_precision(None) in ("float32", "mixed_float16")
+    assert model_module.resolve_precision("Float32") == "float32"
+    with pytest.raises(ValueError, match="precision='fp8'"):
+        model_module.resolve_precision("fp8")

@@ -13,6 +13,9 @@ from pathlib import Path
 
 PROFILES = ("smoke", "full")
 BACKBONES = ("resnet50", "mobilenetv2")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+OUTPUT_STRIDES = (8, 16)
+_YES, _NO = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
 
 # Defaults per profile. ``smoke`` is small enough for CI and a laptop CPU,
 # ``full`` is a real training run for a GPU (for example Colab's).
@@ -51,6 +54,10 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "DEEPLAB_BACKBONE": ("backbone", "resnet50 or mobilenetv2"),
     "DEEPLAB_WEIGHTS": ("weights", "imagenet, none, or a path to a backbone weights file"),
     "DEEPLAB_SEED": ("seed", "seed for data generation, shuffling and initialisation"),
+    "DEEPLAB_SEPARABLE": ("separable", "1: atrous depthwise-separable convs in ASPP and decoder (paper); 0: regular"),
+    "DEEPLAB_OUTPUT_STRIDE": ("output_stride", "16 (default) or 8 (finer features, about 3x the compute)"),
+    "DEEPLAB_PRECISION": ("precision", "auto, float32, mixed_bfloat16 (CPUs with bf16) or mixed_float16 (GPUs)"),
+    "DEEPLAB_XLA": ("xla", "1 compiles the training step with XLA (jit_compile); default 0"),
 }
 
 
@@ -80,6 +87,10 @@ class Settings:
     backbone: str
     weights: str
     seed: int
+    separable: bool
+    output_stride: int
+    precision: str
+    xla: bool
     num_train: int
     num_val: int
     num_test: int
@@ -130,6 +141,13 @@ def _parse_minutes(var: str, raw: str) -> float | None:
     return value
 
 
+def _parse_flag(var: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value not in _YES + _NO:
+        raise SettingsError(f"{var}={raw!r} is not a yes/no value. Use {var}=1 (on) or {var}=0 (off).")
+    return value in _YES
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``env`` (default: ``os.environ``), validating every value."""
     env = os.environ if env is None else env
@@ -178,6 +196,16 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         )
 
     seed = _parse_int("DEEPLAB_SEED", env["DEEPLAB_SEED"], 0) if get("DEEPLAB_SEED") else 42
+    separable = _parse_flag("DEEPLAB_SEPARABLE", get("DEEPLAB_SEPARABLE") or "1")
+    output_stride = _parse_int("DEEPLAB_OUTPUT_STRIDE", get("DEEPLAB_OUTPUT_STRIDE") or "16", 1)
+    if output_stride not in OUTPUT_STRIDES:
+        raise SettingsError(f"DEEPLAB_OUTPUT_STRIDE={output_stride} is not supported; use 16 or 8.")
+    if output_stride == 8 and backbone == "mobilenetv2":
+        raise SettingsError("DEEPLAB_OUTPUT_STRIDE=8 needs DEEPLAB_BACKBONE=resnet50 (MobileNetV2 is tapped at 16).")
+    precision = (get("DEEPLAB_PRECISION") or "auto").strip().lower()
+    if precision not in PRECISIONS:
+        raise SettingsError(f"DEEPLAB_PRECISION={precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
+    xla = _parse_flag("DEEPLAB_XLA", get("DEEPLAB_XLA") or "0")
 
     return Settings(
         profile=profile,
@@ -190,6 +218,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         backbone=backbone,
         weights=weights,
         seed=seed,
+        separable=separable,
+        output_stride=output_stride,
+        precision=precision,
+        xla=xla,
         num_train=int(defaults["num_train"]),
         num_val=int(defaults["num_val"]),
         num_test=int(defaults["num_test"]),

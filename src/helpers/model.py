@@ -9,12 +9,14 @@ is why the same model works for 256x256, 320x480 and anything else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import keras
 from keras import layers, ops
 
 BACKBONES = ("resnet50", "mobilenetv2")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 
 # Keras's default batch-norm momentum (0.99) lets the running statistics used at
 # evaluation lag hundreds of steps behind training; course runs are short.
@@ -39,6 +41,52 @@ IMAGENET_URLS = {
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained backbone weights could not be downloaded or read."""
+
+
+def _cpu_has_bfloat16() -> bool:
+    """True on x86 CPUs whose flags list native bfloat16 maths (AVX512-BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = cpuinfo.read()
+    except OSError:  # not Linux: do not guess
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_precision() -> str:
+    """The fastest safe precision here: float16 on GPUs with tensor cores, bfloat16 on CPUs with bf16 units.
+
+    On anything else (older GPUs and CPUs, Apple silicon) mixed precision would be
+    slower than float32, so float32 it is.
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        capability = tf.config.experimental.get_device_details(gpus[0]).get("compute_capability", (0, 0))
+        return "mixed_float16" if tuple(capability) >= (7, 0) else "float32"
+    return "mixed_bfloat16" if _cpu_has_bfloat16() else "float32"
+
+
+def resolve_precision(precision: str | None) -> str:
+    """``"auto"``/``None`` becomes :func:`auto_precision`; anything else must be one of ``PRECISIONS``."""
+    precision = (precision or "auto").strip().lower()
+    if precision == "auto":
+        return auto_precision()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not supported; use auto or one of {', '.join(PRECISIONS)}.")
+    return precision
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str) -> Iterator[None]:
+    """Build layers under Keras dtype policy ``name``, then restore the previous global policy."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 @keras.saving.register_keras_serializable(package="helpers")
@@ -119,6 +167,62 @@ class AtrousConv2D(layers.Conv2D):
         return super().convolution_op(inputs, kernel)
 
 
+@keras.saving.register_keras_serializable(package="helpers")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """``BatchNormalization`` computed by TensorFlow's fused kernel: one op forward, one backward.
+
+    Keras 3 normalises with separate mean, variance, subtract, scale and cast ops,
+    each a full pass over the feature map. On a CPU the fused kernel is about twice
+    as fast (2.6x in bfloat16), and DeepLab has a batch norm after every conv.
+    Same variables, same maths (tested); other backends and layouts use Keras's path.
+    """
+
+    def _fusable(self, inputs, mask) -> bool:
+        return (
+            keras.backend.backend() == "tensorflow"
+            and mask is None
+            and len(inputs.shape) == 4
+            and self.axis in (-1, 3)
+            and self.scale
+            and self.center
+            and not self.renorm
+            and not self.synchronized
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._fusable(inputs, mask):
+            return super().call(inputs, training=training, mask=mask)
+        import tensorflow as tf
+
+        gamma, beta = tf.cast(self.gamma, "float32"), tf.cast(self.beta, "float32")
+        if training and self.trainable:
+            outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+                inputs, gamma, beta, epsilon=self.epsilon, data_format="NHWC", is_training=True
+            )
+            # The kernel returns the unbiased (n - 1) variance; Keras tracks the biased one.
+            count = tf.cast(tf.size(inputs) // tf.shape(inputs)[-1], "float32")
+            variance = tf.math.multiply_no_nan(variance, (count - 1) / count)
+            self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1 - self.momentum))
+            self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1 - self.momentum))
+        else:
+            outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
+                inputs,
+                gamma,
+                beta,
+                mean=tf.cast(self.moving_mean, "float32"),
+                variance=tf.cast(self.moving_variance, "float32"),
+                epsilon=self.epsilon,
+                data_format="NHWC",
+                is_training=False,
+            )
+        return ops.cast(outputs, self.compute_dtype)
+
+
+def batch_norm(name: str) -> layers.Layer:
+    """The course's batch norm: fused kernel, momentum for short runs."""
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, name=name)
+
+
 def conv_bn_relu(
     x, filters: int, kernel_size: int = 1, dilation_rate: int = 1, separable: bool = False, name: str = "conv"
 ):
@@ -131,7 +235,7 @@ def conv_bn_relu(
         x = layers.DepthwiseConv2D(
             kernel_size, padding="same", dilation_rate=dilation_rate, use_bias=False, name=f"{name}_depthwise"
         )(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_depthwise_bn")(x)
+        x = batch_norm(f"{name}_depthwise_bn")(x)
         x = layers.Activation("relu", name=f"{name}_depthwise_relu")(x)
         kernel_size, dilation_rate = 1, 1
     x = AtrousConv2D(
@@ -143,7 +247,7 @@ def conv_bn_relu(
         kernel_initializer="he_normal",
         name=name,
     )(x)
-    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    x = batch_norm(f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -207,10 +311,11 @@ def _like_inputs(model: keras.Model, tensor):
     return [tensor] if isinstance(model.input, (list, tuple)) else tensor
 
 
-def _short_run_bn(layer):
-    config = layer.get_config()
+def _course_layer(layer, config: dict | None = None) -> layers.Layer:
+    """A fresh copy of a backbone layer; batch norms become the course's (fused, momentum 0.9)."""
+    config = layer.get_config() if config is None else config
     if isinstance(layer, layers.BatchNormalization):
-        config["momentum"] = BN_MOMENTUM
+        return FusedBatchNormalization.from_config({**config, "momentum": BN_MOMENTUM})
     return layer.__class__.from_config(config)
 
 
@@ -229,8 +334,6 @@ def _dilated_clone(base: keras.Model, inputs, output_stride: int) -> keras.Model
 
     def clone_layer(layer):
         config = layer.get_config()
-        if isinstance(layer, layers.BatchNormalization):
-            config["momentum"] = BN_MOMENTUM
         stage = layer.name.split("_")[0]
         if stage in rates and isinstance(layer, layers.Conv2D):
             if layer.name.endswith(("block1_0_conv", "block1_1_conv")):
@@ -238,7 +341,7 @@ def _dilated_clone(base: keras.Model, inputs, output_stride: int) -> keras.Model
             if layer.name.endswith("_2_conv"):
                 config["dilation_rate"] = (rates[stage], rates[stage])
                 return AtrousConv2D.from_config(config)
-        return layer.__class__.from_config(config)
+        return _course_layer(layer, config)
 
     clone = keras.models.clone_model(base, input_tensors=_like_inputs(base, inputs), clone_function=clone_layer)
     for layer in clone.layers:
@@ -251,13 +354,13 @@ def build_encoder(inputs, backbone: str = "resnet50", weights: str | None = "ima
     """Preprocess ``inputs`` (0-255 RGB) and run the backbone; returns ``(low_level, high_level)``."""
     base = _load_backbone(backbone, weights)
     mode = "caffe" if backbone == "resnet50" else "tf"
-    x = ImagePreprocessing(mode, name="preprocessing")(inputs)
+    x = ImagePreprocessing(mode, dtype="float32", name="preprocessing")(inputs)
     if backbone == "resnet50":
         net = _dilated_clone(base, x, output_stride)
     else:
         if output_stride != 16:
             raise ValueError("The mobilenetv2 backbone is tapped at output stride 16 only.")
-        net = keras.models.clone_model(base, input_tensors=_like_inputs(base, x), clone_function=_short_run_bn)
+        net = keras.models.clone_model(base, input_tensors=_like_inputs(base, x), clone_function=_course_layer)
         net.set_weights(base.get_weights())
     taps = TAPS[backbone]
     return net.get_layer(taps["low"]).output, net.get_layer(taps["high"]).output
@@ -274,6 +377,7 @@ def build_deeplabv3_plus(
     low_level_channels: int = 48,
     decoder_filters: int = 256,
     dropout: float = 0.1,
+    precision: str = "float32",
     name: str = "deeplabv3_plus",
 ) -> keras.Model:
     """DeepLabV3+ for ``num_classes`` classes; returns float32 logits shaped like the input.
@@ -281,6 +385,9 @@ def build_deeplabv3_plus(
     ``weights``: ``"imagenet"``, ``None`` (random) or a path to backbone weights.
     ``aspp_rates`` defaults to the paper's (6, 12, 18) at output stride 16, doubled at 8.
     ``separable=True`` uses atrous depthwise-separable convs in ASPP and decoder.
+    ``precision``: ``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"auto"``
+    (see :func:`auto_precision`). Mixed precision computes in 16 bits and keeps the
+    weights, batch-norm statistics, preprocessing, logits and outputs in float32.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
@@ -288,16 +395,18 @@ def build_deeplabv3_plus(
         weights = None
     if aspp_rates is None:
         aspp_rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
-    inputs = keras.Input(shape=input_shape, name="image")
-    low, high = build_encoder(inputs, backbone, weights, output_stride)
+    with dtype_policy(resolve_precision(precision)):  # every layer built below follows this policy
+        inputs = keras.Input(shape=input_shape, name="image")
+        low, high = build_encoder(inputs, backbone, weights, output_stride)
 
-    x = aspp(high, decoder_filters, aspp_rates, separable, dropout)
-    low = conv_bn_relu(low, low_level_channels, 1, name="decoder_low_level")
-    x = ResizeLike(name="decoder_upsample")([x, low])
-    x = layers.Concatenate(name="decoder_concat")([x, low])
-    x = conv_bn_relu(x, decoder_filters, 3, separable=separable, name="decoder_conv1")
-    x = conv_bn_relu(x, decoder_filters, 3, separable=separable, name="decoder_conv2")
-    x = layers.Conv2D(num_classes, 1, name="logits")(x)
-    x = ResizeLike(name="upsample_to_input")([x, inputs])
-    outputs = layers.Activation("linear", dtype="float32", name="scores")(x)
-    return keras.Model(inputs, outputs, name=name)
+        x = aspp(high, decoder_filters, aspp_rates, separable, dropout)
+        low = conv_bn_relu(low, low_level_channels, 1, name="decoder_low_level")
+        x = ResizeLike(name="decoder_upsample")([x, low])
+        x = layers.Concatenate(name="decoder_concat")([x, low])
+        x = conv_bn_relu(x, decoder_filters, 3, separable=separable, name="decoder_conv1")
+        x = conv_bn_relu(x, decoder_filters, 3, separable=separable, name="decoder_conv2")
+        # The class scores are cheap to compute and sensitive to rounding: float32 from here on.
+        x = layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
+        x = ResizeLike(dtype="float32", name="upsample_to_input")([x, inputs])
+        outputs = layers.Activation("linear", dtype="float32", name="scores")(x)
+        return keras.Model(inputs, outputs, name=name)
