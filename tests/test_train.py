@@ -41,12 +41,49 @@ def test_saved_model_has_no_optimizer_state_and_training_goes_on(tmp_path):
     assert not again.compiled
 
 
-def test_wall_time_limit_stops_training():
+class FakeTime:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_time_cap_stops_at_the_epoch_boundary_when_the_next_epoch_would_not_fit(monkeypatch):
+    fake = FakeTime()
+    monkeypatch.setattr(train.time, "monotonic", fake)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    model.compile("sgd", "mse")
-    cap = train.WallTimeLimit(minutes=0.0)
-    history = model.fit(np.zeros((64, 2)), np.zeros((64, 1)), batch_size=4, epochs=5, verbose=0, callbacks=[cap])
-    assert cap.stopped and len(history.history["loss"]) == 1
+    clock = train.TrainingClock(minutes=1.0)
+    clock.set_model(model)
+    model.stop_training = False
+    clock.on_train_begin()
+    clock.on_epoch_begin(0)
+    fake.now += 25
+    clock.on_train_batch_end(0)
+    clock.on_epoch_end(0)  # 25 s used, the next 25 s epoch fits in 60
+    assert not model.stop_training
+    clock.on_epoch_begin(1)
+    fake.now += 25
+    clock.on_epoch_end(1)  # 50 s used, another epoch would end at 75 s
+    assert model.stop_training and clock.stopped
+
+
+def test_time_cap_stops_mid_epoch_only_when_one_epoch_is_longer_than_the_cap(monkeypatch):
+    fake = FakeTime()
+    monkeypatch.setattr(train.time, "monotonic", fake)
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    clock = train.TrainingClock(minutes=1.0)
+    clock.set_model(model)
+    clock.set_state({"elapsed": 50.0})  # 50 s were used before an interruption
+    model.stop_training = False
+    clock.on_train_begin()
+    clock.on_epoch_begin(3)
+    fake.now += 5
+    clock.on_train_batch_end(0)
+    assert not model.stop_training and clock.elapsed() == pytest.approx(55.0)
+    fake.now += 6
+    clock.on_train_batch_end(1)
+    assert model.stop_training
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 ``<output_dir>/model.keras``   the trained model (``keras.saving.load_model`` after ``import helpers``)
 ``<output_dir>/history.json``  per-epoch losses and metrics
 ``<output_dir>/metrics.json``  evaluation: mIoU, per-class IoU, pixel accuracy, split, number of images
+``<output_dir>/resume/``       an unfinished run's last epoch (weights, optimizer, schedule); gone once it finishes
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import numpy as np
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
+RESUME_DIR = "resume"
 
 
-def _jsonable(value):
+def jsonable(value):
+    """``value`` with paths, numpy scalars and non-finite floats made plain JSON."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, np.generic):
@@ -50,7 +53,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def write_json(path: str | Path, data: dict) -> Path:
     """Atomic JSON write; NaN and numpy scalars become plain JSON values."""
-    return atomic_write_text(path, json.dumps(_jsonable(data), indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def read_json(path: str | Path) -> dict:
@@ -85,6 +88,7 @@ def output_paths(output_dir: str | Path) -> dict[str, Path]:
         "model": output_dir / MODEL_FILE,
         "history": output_dir / HISTORY_FILE,
         "metrics": output_dir / METRICS_FILE,
+        "resume": output_dir / RESUME_DIR,
     }
 
 

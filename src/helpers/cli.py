@@ -93,7 +93,14 @@ def cmd_train(args) -> int:
 
     settings = _settings(args)
     print(settings.describe())
-    result = train(settings, class_weighting=args.class_weighting, learning_rate=args.learning_rate)
+    verbose = "auto" if args.verbose is None else args.verbose
+    result = train(
+        settings,
+        class_weighting=args.class_weighting,
+        learning_rate=args.learning_rate,
+        verbose=verbose,
+        resume=not args.restart,
+    )
     reason = "wall-time cap reached" if result.stopped_by_time else "done"
     print(
         f"Trained {result.epochs_run} epoch(s) in {result.seconds:.0f} s ({reason}); "
@@ -165,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train DeepLabV3+ and write model.keras and history.json")
     p.add_argument("--class-weighting", choices=["none", "median"], default="none")
     p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2], help="Keras progress: 0 silent, 1 bar, 2 a line per epoch")
+    p.add_argument("--restart", action="store_true", help="ignore an interrupted run's state and start from scratch")
     _add_setting_flags(p, everything)
     p.set_defaults(func=cmd_train)
 

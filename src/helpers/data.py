@@ -220,6 +220,11 @@ def augment_pair(
     return image, tf.cast(tf.round(mask), tf.uint8)
 
 
+def steps_per_epoch(num_images: int, batch_size: int) -> int:
+    """Full training batches per epoch (the last partial batch is dropped; at least one)."""
+    return max(1, num_images // batch_size)
+
+
 def make_dataset(
     data_dir: str | Path,
     split: str,
@@ -231,11 +236,18 @@ def make_dataset(
     cache: bool = True,
     class_weights: np.ndarray | None = None,
     limit: int | None = None,
+    first_epoch: int = 0,
 ) -> tf.data.Dataset:
     """Batches of ``(images float32 (B,S,S,3) in 0-255, masks int32 (B,S,S))``.
 
-    With ``training=True`` the split is shuffled every epoch (the reference
-    tutorial never shuffles), augmented, and the last partial batch dropped.
+    Evaluation (``training=False``): every image once, in file order, cached after
+    the first pass, the last partial batch kept.
+
+    Training: an endless stream of epochs, each :func:`steps_per_epoch` batches, with
+    a new shuffle every epoch (the reference tutorial never shuffles) and random
+    augmentation. Every random choice is a pure function of ``(seed, epoch, position)``,
+    so ``first_epoch=k`` starts exactly where an uninterrupted run's epoch ``k``
+    starts: that is what lets an interrupted training resume bit for bit.
     ``class_weights`` adds a third element, per-pixel weights (0 on ignored pixels).
     """
     info = info or read_dataset_info(data_dir)
@@ -247,27 +259,39 @@ def make_dataset(
     def load(image_path, mask_path):
         return resize_image(load_image(image_path), image_size), resize_mask(load_mask(mask_path, info), image_size)
 
-    ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=autotune)
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(8)
-        seeds = seeds.map(lambda s: tf.reshape(s, (4, 2)))
-        ds = tf.data.Dataset.zip((ds, seeds)).map(
-            lambda pair, s: augment_pair(pair[0], pair[1], s, image_size, info.pad_label),
-            num_parallel_calls=autotune,
-        )
-
     def finish(image, mask):
-        return tf.cast(image, tf.float32), tf.cast(mask[..., 0], tf.int32)
+        image, mask = tf.cast(image, tf.float32), tf.cast(mask[..., 0], tf.int32)
+        if class_weights is None:
+            return image, mask
+        return image, mask, pixel_weights(mask, tf.constant(np.asarray(class_weights, np.float32)), info.ignore_index)
 
-    ds = ds.map(finish, num_parallel_calls=autotune)
-    if class_weights is not None:
-        weights = tf.constant(np.asarray(class_weights, np.float32))
-        ds = ds.map(lambda x, y: (x, y, pixel_weights(y, weights, info.ignore_index)), num_parallel_calls=autotune)
-    ds = ds.batch(batch_size, drop_remainder=training and len(images) >= batch_size)
-    return ds.prefetch(autotune)
+    if not training:
+        ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=autotune)
+        if cache:
+            ds = ds.cache()
+        return ds.map(finish, num_parallel_calls=autotune).batch(batch_size).prefetch(autotune)
+
+    count, steps = len(images), steps_per_epoch(len(images), batch_size)
+    image_paths, mask_paths = tf.constant(images), tf.constant(masks)
+
+    def example(epoch, position, index):
+        image, mask = load(image_paths[index], mask_paths[index])
+        key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), position)
+        image, mask = augment_pair(
+            image, mask, tf.random.experimental.stateless_split(key, 4), image_size, info.pad_label
+        )
+        return finish(image, mask)
+
+    def one_epoch(epoch):
+        order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch])))
+        positions = tf.data.Dataset.range(count)
+        ds = tf.data.Dataset.zip((positions, tf.data.Dataset.from_tensor_slices(order)))
+        ds = ds.map(lambda p, i: example(epoch, p, i), num_parallel_calls=autotune)
+        # an epoch never shares a batch with the next one, even with fewer images than a batch
+        return ds.repeat().take(steps * batch_size).batch(batch_size, drop_remainder=True)
+
+    epochs = tf.data.Dataset.range(first_epoch, 2**62)
+    return epochs.flat_map(one_epoch).prefetch(autotune)
 
 
 def pixel_weights(mask: tf.Tensor, class_weights: tf.Tensor, ignore_index: int | None) -> tf.Tensor:

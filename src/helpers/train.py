@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,73 +46,212 @@ class PolyLearningRate(keras.callbacks.Callback):
 
     Progress is steps done over steps planned or, with a wall-time cap, time used
     over time allowed, whichever is further: the schedule always reaches its end.
+    ``step`` and ``clock`` are part of the resumable state, so a resumed run picks
+    the schedule up where it stopped.
     """
 
-    def __init__(self, base_lr: float, total_steps: int, time_limit_s: float | None = None) -> None:
+    def __init__(self, base_lr: float, total_steps: int, clock: TrainingClock | None = None) -> None:
         super().__init__()
-        self.base_lr, self.total_steps, self.time_limit_s = base_lr, max(total_steps, 1), time_limit_s
+        self.base_lr, self.total_steps, self.clock = base_lr, max(total_steps, 1), clock
         self.step = 0
-
-    def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
 
     def on_train_batch_begin(self, batch, logs=None):
         progress = self.step / self.total_steps
-        if self.time_limit_s:
-            progress = max(progress, (time.monotonic() - self.start) / self.time_limit_s)
+        if self.clock is not None and self.clock.limit_s:
+            progress = max(progress, self.clock.elapsed() / self.clock.limit_s)
         self.model.optimizer.learning_rate.assign(poly_learning_rate(progress, self.base_lr))
         self.step += 1
 
+    def get_state(self) -> dict:
+        return {"step": self.step}
 
-class WallTimeLimit(keras.callbacks.Callback):
-    """Stops training (after the current step) once ``minutes`` of wall time have passed."""
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])
 
-    def __init__(self, minutes: float) -> None:
+
+class TrainingClock(keras.callbacks.Callback):
+    """Training wall time, summed over resumed runs, and the optional cap on it.
+
+    The cap is checked at the end of each epoch: training stops there if the next
+    epoch would not fit, so a capped run ends on an epoch boundary with a model that
+    was validated and saved. Only if a single epoch is longer than the whole cap
+    does it stop mid-epoch.
+    """
+
+    def __init__(self, minutes: float | None = None) -> None:
         super().__init__()
-        self.seconds = minutes * 60
+        self.limit_s = minutes * 60 if minutes else None
+        self.before = 0.0  # seconds used by earlier (interrupted) runs
+        self.start = time.monotonic()
         self.stopped = False
+
+    def elapsed(self) -> float:
+        return self.before + time.monotonic() - self.start
 
     def on_train_begin(self, logs=None):
         self.start = time.monotonic()
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = self.elapsed()
+
     def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() - self.start > self.seconds:
-            self.model.stop_training = True
-            self.stopped = True
+        if self.limit_s and self.elapsed() > self.limit_s:
+            self.model.stop_training = self.stopped = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.limit_s and self.elapsed() + (self.elapsed() - self.epoch_start) > self.limit_s:
+            self.model.stop_training = self.stopped = True
+
+    def get_state(self) -> dict:
+        return {"elapsed": self.elapsed()}
+
+    def set_state(self, state: dict) -> None:
+        self.before = float(state["elapsed"])
 
 
 class JsonHistory(keras.callbacks.Callback):
     """Rewrites ``history.json`` after every epoch, so a crash keeps what was learned so far."""
 
-    def __init__(self, path: str | Path, meta: dict | None = None) -> None:
+    def __init__(self, path: str | Path, meta: dict | None = None, clock: TrainingClock | None = None) -> None:
         super().__init__()
-        self.path, self.meta = Path(path), meta or {}
+        self.path, self.meta, self.clock = Path(path), meta or {}, clock or TrainingClock()
         self.history: dict[str, list[float]] = {}
-
-    def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
-        self.history.setdefault("seconds", []).append(round(time.monotonic() - self.start, 2))
+        self.history.setdefault("seconds", []).append(round(self.clock.elapsed(), 2))
         artifacts.write_json(self.path, {"meta": self.meta, "history": self.history})
+
+    def get_state(self) -> dict:
+        return {"history": self.history}
+
+    def set_state(self, state: dict) -> None:
+        self.history = {k: list(v) for k, v in state["history"].items()}
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
-    """Saves the model, atomically, whenever the monitored value improves."""
+    """Saves the model, atomically, whenever the monitored value improves; stops after ``patience`` flat epochs."""
 
-    def __init__(self, path: str | Path, monitor: str = "val_miou", mode: str = "max") -> None:
+    def __init__(self, path: str | Path, monitor: str = "val_miou", patience: int | None = None) -> None:
         super().__init__()
-        self.path, self.monitor, self.sign = Path(path), monitor, 1 if mode == "max" else -1
+        self.path, self.monitor, self.patience = Path(path), monitor, patience
         self.best = -math.inf
         self.best_epoch: int | None = None
+        self.wait = 0
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and self.sign * float(value) > self.best:
-            self.best, self.best_epoch = self.sign * float(value), epoch
+        logs = logs or {}
+        value, loss = logs.get(self.monitor), logs.get("loss", 0.0)
+        if value is None or not math.isfinite(float(value)) or not math.isfinite(float(loss)):
+            return  # nothing to compare, or the weights have diverged
+        if float(value) > self.best:
+            self.best, self.best_epoch, self.wait = float(value), epoch, 0
             artifacts.save_model(self.model, self.path)
+        else:
+            self.wait += 1
+            if self.patience and self.wait >= self.patience:
+                self.model.stop_training = True
+
+    def get_state(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def set_state(self, state: dict) -> None:
+        self.best, self.best_epoch, self.wait = float(state["best"]), state["best_epoch"], int(state["wait"])
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message lists the usual causes."""
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first step whose loss is NaN or infinite, before anything is saved from it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.problem: str | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.problem is None:
+            self.problem = f"the training loss became {float(loss)} at step {batch + 1} of an epoch"
+            self.model.stop_training = True
+
+
+class ResumableState(keras.callbacks.Callback):
+    """After every epoch, saves what an interrupted run needs to continue exactly where it stopped.
+
+    ``<output_dir>/resume/``: ``epoch-NNNN.weights.h5`` (model *and* optimizer
+    variables) and ``state.json`` (epochs done, the callbacks' state, the random
+    generators' state, and the settings it belongs to). The weights file is complete
+    before ``state.json`` names it, and ``state.json`` is replaced atomically, so a
+    ``kill -9`` at any moment leaves the previous epoch's pair intact.
+    """
+
+    def __init__(self, directory: Path, fingerprint: dict, parts: dict, guard: DivergenceGuard) -> None:
+        super().__init__()
+        self.directory, self.fingerprint, self.parts, self.guard = Path(directory), fingerprint, parts, guard
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / "state.json"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.guard.problem is not None:
+            return  # never save weights that have gone to NaN
+        self.directory.mkdir(parents=True, exist_ok=True)
+        weights = self.directory / f"epoch-{epoch + 1:04d}.weights.h5"
+        partial = self.directory / f".partial-{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(partial)
+        os.replace(partial, weights)
+        state = {
+            "fingerprint": self.fingerprint,
+            "epochs_done": epoch + 1,
+            "weights": weights.name,
+            "parts": {name: part.get_state() for name, part in self.parts.items()},
+            "random_state": [v.numpy().tolist() for v in _random_state_variables(self.model)],
+        }
+        artifacts.write_json(self.state_path, state)
+        for old in self.directory.glob("epoch-*.weights.h5"):
+            if old != weights:
+                old.unlink()
+
+    def load(self, model: keras.Model) -> int:
+        """Restore a matching earlier run into ``model`` and the callbacks; returns the epochs already done."""
+        if not self.state_path.is_file():
+            return 0
+        try:
+            state = artifacts.read_json(self.state_path)
+        except ValueError:
+            print(f"Ignoring an unreadable resume state in {self.directory}; starting from scratch.")
+            return 0
+        if state.get("fingerprint") != self.fingerprint:
+            before = state.get("fingerprint") or {}
+            changed = sorted(k for k in {**self.fingerprint, **before} if before.get(k) != self.fingerprint.get(k))
+            print(
+                f"An unfinished run in {self.directory.parent} used other settings ({', '.join(changed)}), "
+                "so this run starts from scratch and replaces it."
+            )
+            self.clear()
+            return 0
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        model.load_weights(self.directory / state["weights"])
+        for variable, value in zip(_random_state_variables(model), state["random_state"]):
+            variable.assign(value)
+        for name, part in self.parts.items():
+            part.set_state(state["parts"][name])
+        print(f"Resuming the interrupted run from {self.directory}: {state['epochs_done']} epoch(s) already done.")
+        return int(state["epochs_done"])
+
+    def clear(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _random_state_variables(model: keras.Model) -> list:
+    """The seed-generator states (dropout's randomness): variables that are not weights."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
 
 
 @dataclass
@@ -125,14 +266,32 @@ class TrainResult:
     seconds: float
 
 
-def compile_model(model: keras.Model, info: data.DatasetInfo, learning_rate: float = 1e-3) -> keras.Model:
-    """Adam, cross-entropy with the ignore index, streaming mIoU."""
+def compile_model(
+    model: keras.Model, info: data.DatasetInfo, learning_rate: float = 1e-3, jit_compile: bool = False
+) -> keras.Model:
+    """Adam, cross-entropy with the ignore index, streaming mIoU; ``jit_compile`` turns on XLA.
+
+    With a ``mixed_float16`` model Keras wraps the optimiser in loss scaling by itself.
+    """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=make_loss(info.ignore_index),
         metrics=[make_miou_metric(info.num_classes, info.ignore_index)],
+        jit_compile=jit_compile,
     )
     return model
+
+
+def build_model(settings: Settings, num_classes: int) -> keras.Model:
+    """The DeepLabV3+ the settings describe: backbone, weights, separable convs, output stride, precision."""
+    return build_deeplabv3_plus(
+        num_classes,
+        backbone=settings.backbone,
+        weights=settings.backbone_weights,
+        output_stride=settings.output_stride,
+        separable=settings.separable,
+        precision=settings.precision,
+    )
 
 
 def require_clean_data(data_dir: Path):
@@ -157,11 +316,17 @@ def train(
     learning_rate: float = 1e-3,
     patience: int | None = 10,
     verbose: int | str = "auto",
+    resume: bool = True,
 ) -> TrainResult:
     """Train on ``settings.data_dir`` and write ``model.keras`` and ``history.json``.
 
     ``class_weighting``: ``"none"`` or ``"median"`` (median-frequency per-pixel weights).
+    With ``resume=True`` an interrupted run with the same settings continues from
+    its last completed epoch (see :class:`ResumableState`); a finished run clears
+    its resume state. A NaN or infinite loss raises :class:`TrainingDiverged`.
     """
+    if class_weighting not in ("none", "median"):
+        raise ValueError(f"class_weighting must be 'none' or 'median', got {class_weighting!r}.")
     keras.utils.set_random_seed(settings.seed)
     data_dir = data.ensure_data(settings)
     report = require_clean_data(data_dir)
@@ -169,37 +334,62 @@ def train(
     weights = None
     if class_weighting == "median":  # the check has already counted every mask's pixels
         weights = data.median_frequency_weights(report.splits["train"].label_counts[: info.num_classes])
-    elif class_weighting != "none":
-        raise ValueError(f"class_weighting must be 'none' or 'median', got {class_weighting!r}.")
-    train_ds = data.make_dataset(
-        data_dir, "train", settings.image_size, settings.batch_size, True, settings.seed, info, class_weights=weights
-    )
-    val_ds = data.make_dataset(data_dir, "val", settings.image_size, settings.batch_size, False, settings.seed, info)
+    num_train = report.splits["train"].pairs
+    steps = data.steps_per_epoch(num_train, settings.batch_size)
+    custom_model = model is not None
     if model is None:
-        model = build_deeplabv3_plus(info.num_classes, backbone=settings.backbone, weights=settings.backbone_weights)
-    compile_model(model, info, learning_rate)
+        model = build_model(settings, info.num_classes)
+    compile_model(model, info, learning_rate, jit_compile=settings.xla)
 
     paths = artifacts.output_paths(settings.output_dir)
-    steps = int(train_ds.cardinality()) * settings.epochs
-    time_limit = settings.train_minutes * 60 if settings.train_minutes else None
-    history_cb = JsonHistory(paths["history"], {"settings": settings.as_dict(), "class_weighting": class_weighting})
-    checkpoint = BestModelCheckpoint(paths["model"])
-    callbacks = [PolyLearningRate(learning_rate, steps, time_limit), history_cb, checkpoint]
-    if patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping("val_miou", mode="max", patience=patience, restore_best_weights=True)
-        )
-    limit = WallTimeLimit(settings.train_minutes) if settings.train_minutes else None
-    if limit:
-        callbacks.append(limit)
+    clock = TrainingClock(settings.train_minutes)
+    meta = {"settings": settings.as_dict(), "class_weighting": class_weighting, "learning_rate": learning_rate}
+    schedule = PolyLearningRate(learning_rate, steps * settings.epochs, clock)
+    history_cb = JsonHistory(paths["history"], meta, clock)
+    checkpoint = BestModelCheckpoint(paths["model"], patience=patience)
+    guard = DivergenceGuard()
+    parts = {"schedule": schedule, "clock": clock, "history": history_cb, "checkpoint": checkpoint}
+    # a resumed run must be the same run: same settings, data size and model
+    fingerprint = {**meta, "patience": patience, "num_train": num_train, "params": model.count_params()}
+    state = ResumableState(paths["resume"], artifacts.jsonable(fingerprint), parts, guard)
+    first_epoch = 0
+    if resume and not custom_model:
+        first_epoch = state.load(model)
+    elif not resume:
+        state.clear()
 
-    start = time.monotonic()
-    model.fit(
-        train_ds, validation_data=val_ds, epochs=settings.epochs, callbacks=callbacks, verbose=verbose, shuffle=False
+    train_ds = data.make_dataset(
+        data_dir,
+        "train",
+        settings.image_size,
+        settings.batch_size,
+        True,
+        settings.seed,
+        info,
+        class_weights=weights,
+        first_epoch=first_epoch,
     )
+    val_ds = data.make_dataset(data_dir, "val", settings.image_size, settings.batch_size, False, settings.seed, info)
+    # order matters at each epoch's end: the guard first, the resume state last (it saves everyone's state)
+    callbacks = [guard, clock, schedule, history_cb, checkpoint, state]
+    start = time.monotonic()
+    if first_epoch < settings.epochs and not (clock.limit_s and clock.before >= clock.limit_s):
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=settings.epochs,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the stream shuffles, reproducibly, by epoch
+        )
     seconds = time.monotonic() - start
-    if checkpoint.best_epoch is None:  # no epoch finished with a validation score: keep what we have
+    if guard.problem is not None:
+        raise TrainingDiverged(divergence_message(guard.problem, settings, learning_rate, paths, checkpoint))
+    if checkpoint.best_epoch is None or not paths["model"].is_file():  # no validated epoch: keep what we have
         artifacts.save_model(model, paths["model"])
+    state.clear()  # finished (epochs, time cap or early stop): nothing to resume
     best = artifacts.load_model(paths["model"])
     return TrainResult(
         model=best,
@@ -208,8 +398,26 @@ def train(
         history_path=paths["history"],
         epochs_run=len(history_cb.history.get("loss", [])),
         best_epoch=checkpoint.best_epoch,
-        stopped_by_time=bool(limit and limit.stopped),
+        stopped_by_time=clock.stopped,
         seconds=seconds,
+    )
+
+
+def divergence_message(problem: str, settings: Settings, learning_rate: float, paths: dict, checkpoint) -> str:
+    """What went wrong, the usual causes with their fixes, and what was kept."""
+    kept = (
+        f"The last good model (epoch {checkpoint.best_epoch + 1}) is kept at {paths['model']}, and the state "
+        f"of the last completed epoch in {paths['resume']}."
+        if checkpoint.best_epoch is not None
+        else "No epoch finished before it happened, so no model was saved."
+    )
+    return (
+        f"Training stopped: {problem}. The usual causes:\n"
+        f"  - the learning rate is too high (it was {learning_rate:g}): try {learning_rate / 10:g};\n"
+        f"  - labels outside 0..num_classes-1 that are not the ignore index: run "
+        f"`python -m helpers check-data {settings.data_dir}`;\n"
+        f"  - mixed_float16 without loss scaling (DEEPLAB_PRECISION={settings.precision}): compile through "
+        "helpers.train.compile_model, which scales the loss, or use float32 / mixed_bfloat16.\n" + kept
     )
 
 

@@ -1,0 +1,186 @@
+"""Reliability: a killed run resumes exactly, runs are reproducible, divergence and bad saves lose nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import artifacts, train
+from helpers.config import load_settings
+
+EPOCHS = 6
+
+
+def run_env(data_dir: Path, output_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPLAB_")}
+    env.update(
+        DEEPLAB_DATA_DIR=str(data_dir),
+        DEEPLAB_OUTPUT_DIR=str(output_dir),
+        DEEPLAB_IMAGE_SIZE="48",
+        DEEPLAB_BATCH_SIZE="4",
+        DEEPLAB_EPOCHS=str(EPOCHS),
+        DEEPLAB_TRAIN_MINUTES="none",
+        DEEPLAB_BACKBONE="mobilenetv2",
+        DEEPLAB_PRECISION="float32",
+        TF_CPP_MIN_LOG_LEVEL="2",
+    )
+    return env
+
+
+def train_command() -> list[str]:
+    return [sys.executable, "-m", "helpers", "train", "--verbose", "0"]
+
+
+def final_weights(output_dir: Path) -> list[np.ndarray]:
+    return artifacts.load_model(output_dir / "model.keras").get_weights()
+
+
+def history(output_dir: Path) -> dict:
+    return json.loads((output_dir / "history.json").read_text())["history"]
+
+
+def test_a_run_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(synthetic_dir, tmp_path):
+    killed, straight = tmp_path / "killed", tmp_path / "straight"
+    state = killed / "resume" / "state.json"
+
+    process = subprocess.Popen(train_command(), env=run_env(synthetic_dir, killed))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and process.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 2:
+            break
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
+    done_before_kill = json.loads(state.read_text())["epochs_done"]
+    assert 2 <= done_before_kill < EPOCHS
+
+    resumed = subprocess.run(train_command(), env=run_env(synthetic_dir, killed), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"{done_before_kill} epoch(s) already done" in resumed.stdout
+    assert not (killed / "resume").exists(), "a finished run leaves no resume state"
+
+    subprocess.run(train_command(), env=run_env(synthetic_dir, straight), check=True, capture_output=True)
+    assert len(history(killed)["loss"]) == len(history(straight)["loss"]) == EPOCHS
+    np.testing.assert_allclose(history(killed)["loss"], history(straight)["loss"], rtol=1e-5)
+    for a, b in zip(final_weights(killed), final_weights(straight)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def tiny_settings(synthetic_dir, tmp_path):
+    def make(name: str, **extra) -> object:
+        env = {k: v for k, v in run_env(synthetic_dir, tmp_path / name).items() if k.startswith("DEEPLAB_")}
+        env.update({"DEEPLAB_EPOCHS": "2", **extra})
+        return load_settings(env)
+
+    return make
+
+
+def test_two_runs_with_the_same_seed_give_identical_metrics(tiny_settings):
+    first = train.train(tiny_settings("a"), verbose=0)
+    second = train.train(tiny_settings("b"), verbose=0)
+    assert first.history["loss"] == second.history["loss"]
+    assert first.history["val_miou"] == second.history["val_miou"]
+    third = train.train(tiny_settings("c", DEEPLAB_SEED="43"), verbose=0)
+    assert third.history["loss"] != first.history["loss"]
+
+
+def test_a_resume_state_from_other_settings_is_replaced_not_used(tiny_settings, capsys):
+    settings = tiny_settings("run")
+    resume = artifacts.output_paths(settings.output_dir)["resume"]
+    resume.mkdir(parents=True)
+    artifacts.write_json(resume / "state.json", {"fingerprint": {"learning_rate": 0.5}, "epochs_done": 1})
+    result = train.train(settings, verbose=0)
+    assert "used other settings (" in capsys.readouterr().out
+    assert result.epochs_run == 2
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class PoisonAfter(keras.layers.Layer):
+    """Passes its input through, then NaN from training step ``steps + 1`` on: a run that diverges."""
+
+    def __init__(self, steps: int, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+
+    def build(self, shape):
+        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
+
+    def call(self, x, training=None):
+        if training:
+            self.count.assign_add(1.0)
+        return keras.ops.where(self.count > self.steps, keras.ops.full_like(x, float("nan")), x)
+
+    def get_config(self):
+        return {**super().get_config(), "steps": self.steps}
+
+
+def test_divergence_stops_with_the_causes_and_keeps_the_last_good_epoch(tiny_settings):
+    settings = tiny_settings("nan", DEEPLAB_EPOCHS="4")
+    base = train.build_model(settings, 5)
+    model = keras.Model(base.input, PoisonAfter(4)(base.output))  # 3 steps per epoch: NaN in epoch 2
+    with pytest.raises(train.TrainingDiverged) as info:
+        train.train(settings, model=model, verbose=0)
+    message = str(info.value)
+    for words in ("became nan", "learning rate is too high", "check-data", "mixed_float16", "epoch 1) is kept"):
+        assert words in message
+    paths = artifacts.output_paths(settings.output_dir)
+    kept = artifacts.load_model(paths["model"])
+    assert all(np.isfinite(w).all() for w in kept.get_weights())
+    assert json.loads((paths["resume"] / "state.json").read_text())["epochs_done"] == 1
+
+
+def test_divergence_guard_keeps_the_last_good_epoch(tmp_path):
+    """Unit level: a loss that turns NaN in epoch 3 leaves the resume state of epoch 2 on disk."""
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+
+    class PoisonAtEpoch3(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                self.model.layers[0].kernel.assign(np.full((2, 1), np.nan, np.float32))
+
+    guard = train.DivergenceGuard()
+    state = train.ResumableState(tmp_path / "resume", {"run": 1}, {}, guard)
+    x, y = np.ones((8, 2), np.float32), np.ones((8, 1), np.float32)
+    model.fit(x, y, epochs=5, batch_size=4, verbose=0, callbacks=[PoisonAtEpoch3(), guard, state])
+    assert guard.problem is not None and "nan" in guard.problem
+    saved = json.loads((tmp_path / "resume" / "state.json").read_text())
+    assert saved["epochs_done"] == 2
+    assert [p.name for p in (tmp_path / "resume").glob("*.h5")] == ["epoch-0002.weights.h5"]
+
+
+def test_an_interrupted_save_keeps_the_previous_model(tmp_path, monkeypatch):
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    path = artifacts.save_model(model, tmp_path / "model.keras")
+    before = path.read_bytes()
+
+    def crash(self, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"half a model")  # the save dies after writing part of the file
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(type(model), "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.save_model(model, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.keras"]
+
+
+def test_an_interrupted_json_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = artifacts.write_json(tmp_path / "metrics.json", {"miou": 0.5})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(artifacts.os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.write_json(path, {"miou": 0.9})
+    assert json.loads(path.read_text()) == {"miou": 0.5}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
