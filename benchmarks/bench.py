@@ -1,10 +1,12 @@
 """make bench: the reference tutorial's pipeline and model against the course's default path.
 
-One process, the same data, the same image size and batch size. For each variant:
+The same data, image size and batch size for every variant, one run. For each:
 forward FLOPs per image (counted from the graph), training and inference images/s,
-peak memory while training, achieved FLOP/s against this machine's matmul peak,
-and the ratio to the reference. Optionally (--quality) the test mIoU of each after
-training on the same number of images. Writes build/bench.json and build/bench.md.
+peak memory (each variant runs in a fresh process, so it is that variant's own),
+achieved FLOP/s against this machine's matmul peak, and the ratio to the reference.
+``--all`` adds the ladder of changes one at a time, so the table shows what each
+bought. ``--quality N`` also trains each on N images and scores test mIoU.
+Writes build/bench.json and build/bench.md.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from helpers import data, reference, synthetic  # noqa: E402
@@ -32,34 +34,6 @@ from helpers.model import build_deeplabv3_plus  # noqa: E402
 from helpers.train import compile_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class PeakMemory:
-    """Growth of this process's resident memory above its level at entry, sampled every 10 ms.
-
-    Memory freed by earlier variants may be reused, so later rows can read a little low.
-    """
-
-    def __enter__(self):
-        self.process = psutil.Process()
-        self.base = self.peak = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            time.sleep(0.01)
-
-    def __exit__(self, *exc):
-        self.running = False
-        self.thread.join()
-
-    @property
-    def megabytes(self) -> float:
-        return (self.peak - self.base) / 2**20
 
 
 def matmul_peak(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
@@ -97,8 +71,14 @@ def reference_variant(data_dir, info, size, batch):
     return Variant("reference (tutorial, taps corrected)", build, dataset, 1 / 255)
 
 
-def course_variant(data_dir, info, size, batch, name="course default", jit_compile=False, **model_kwargs):
+def course_variant(
+    data_dir, info, size, batch, name="course default", jit_compile=False, keras_bn=False, **model_kwargs
+):
     def build():
+        if keras_bn:  # measure what the fused batch norm buys: fall back to Keras's own
+            from helpers.model import FusedBatchNormalization
+
+            FusedBatchNormalization.call = keras.layers.BatchNormalization.call
         model = build_deeplabv3_plus(info.num_classes, weights=None, **model_kwargs)
         return compile_model(model, info, jit_compile=jit_compile)
 
@@ -125,14 +105,13 @@ class StepClock(keras.callbacks.Callback):
 
 def measure(variant: Variant, size: int, batch: int, steps: int) -> dict:
     keras.utils.set_random_seed(0)
-    with PeakMemory() as memory:  # from building the model to the end of training
-        model = variant.build()
-        flops = count_flops(model, (size, size, 3))
-        ds = variant.dataset().repeat()
-        model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace and warm up
-        clock = StepClock()
-        model.fit(ds, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[clock])
-        train_seconds = clock.seconds_per_step * steps
+    model = variant.build()
+    flops = count_flops(model, (size, size, 3))
+    ds = variant.dataset().repeat()
+    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace and warm up
+    clock = StepClock()
+    model.fit(ds, steps_per_epoch=steps + 1, epochs=1, verbose=0, callbacks=[clock])
+    train_seconds = clock.seconds_per_step * steps
     images = np.random.default_rng(0).uniform(0, 255, (batch, size, size, 3)).astype("float32") * variant.scale_input
     predict = tf.function(lambda x: model(x, training=False))
     predict(images)
@@ -147,7 +126,8 @@ def measure(variant: Variant, size: int, batch: int, steps: int) -> dict:
         "gflops_per_image": flops / 1e9,
         "train_images_per_s": train_ips,
         "inference_images_per_s": steps * batch / infer_seconds,
-        "peak_train_memory_mb": memory.megabytes,
+        # this process's peak resident memory: TensorFlow, the model, training and inference
+        "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         # a training step costs about 3 forward passes (forward, and two for the backward pass)
         "train_gflops_per_s": 3 * flops * train_ips / 1e9,
     }
@@ -168,13 +148,14 @@ def markdown(result: dict) -> str:
     rows = result["variants"]
     base = rows[0]
     quality = "test_miou" in base
-    header = "| variant | params | GFLOPs/image | train img/s | inference img/s | memory growth | train GFLOP/s |"
     lines = [
         f"Measured {result['date']} on {result['machine']}; {result['image_size']}x{result['image_size']}, "
-        f"batch {result['batch_size']}, {result['steps']} timed steps each. Matmul peak on this machine: "
-        f"{result['matmul_gflops_float32']:.0f} GFLOP/s float32, {result['matmul_gflops_bfloat16']:.0f} bfloat16.",
+        f"batch {result['batch_size']}, {result['steps']} timed steps each, every variant in its own process. "
+        f"Matmul peak on this machine: {result['matmul_gflops_float32']:.0f} GFLOP/s float32, "
+        f"{result['matmul_gflops_bfloat16']:.0f} bfloat16.",
         "",
-        header + (" test mIoU |" if quality else ""),
+        "| variant | params | GFLOPs/image | train img/s | inference img/s | peak memory | train GFLOP/s |"
+        + (" test mIoU |" if quality else ""),
         "|---|---|---|---|---|---|---|" + ("---|" if quality else ""),
     ]
     for row in rows:
@@ -183,9 +164,9 @@ def markdown(result: dict) -> str:
             row["name"],
             f"{row['params'] / 1e6:.1f} M",
             f"{row['gflops_per_image']:.1f}{_ratio(row, base, 'gflops_per_image')}",
-            f"{row['train_images_per_s']:.1f}{_ratio(row, base, 'train_images_per_s')}",
-            f"{row['inference_images_per_s']:.1f}{_ratio(row, base, 'inference_images_per_s')}",
-            f"{row['peak_train_memory_mb']:.0f} MB{_ratio(row, base, 'peak_train_memory_mb')}",
+            f"**{row['train_images_per_s']:.1f}**{_ratio(row, base, 'train_images_per_s')}",
+            f"**{row['inference_images_per_s']:.1f}**{_ratio(row, base, 'inference_images_per_s')}",
+            f"{row['peak_memory_mb'] / 1024:.1f} GB",
             f"{row['train_gflops_per_s']:.0f} ({share:.0%} of fp32 peak)",
         ]
         if quality:
@@ -194,53 +175,86 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+DEFAULT = {"backbone": "mobilenetv2", "separable": True, "precision": "auto"}
+LADDER = {  # each row adds one change to the row above it
+    "course, paper encoder (ResNet50, atrous conv5), Keras batch norm, float32": {"keras_bn": True},
+    "+ fused batch norm": {},
+    "+ separable ASPP and decoder": {"separable": True},
+    "+ mixed_bfloat16": {"separable": True, "precision": "mixed_bfloat16"},
+    "MobileNetV2 backbone, separable, float32": {"backbone": "mobilenetv2", "separable": True},
+    "MobileNetV2, separable, mixed_bfloat16 (default here)": {**DEFAULT, "precision": "mixed_bfloat16"},
+}
+OPTIONS = {
+    "paper encoder at output stride 8, float32": {"output_stride": 8},
+    "MobileNetV2, separable, float32, XLA": {"backbone": "mobilenetv2", "separable": True, "jit_compile": True},
+}
+
+
+def run_one(spec: dict, args) -> dict:
+    """Measure one variant (in this process) and return its row."""
+    data_dir = ROOT / "data" / "bench"
+    info = data.read_dataset_info(data_dir)
+    size, batch = args.image_size, args.batch_size
+    kwargs = dict(spec.get("kwargs", {}))
+    if spec.get("reference"):
+        variant = reference_variant(data_dir, info, size, batch)
+    else:
+        variant = course_variant(data_dir, info, size, batch, spec["name"], **kwargs)
+    row = measure(variant, size, batch, args.steps)
+    model = row.pop("model")
+    if args.quality:
+        model.fit(variant.dataset().repeat(), steps_per_epoch=max(1, args.quality // batch), epochs=1, verbose=0)
+        row["test_miou"] = test_miou(model, data_dir, info, size, variant.scale_input)
+    return {"name": spec["name"], "settings": kwargs, **row}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant")
     parser.add_argument(
         "--quality", type=int, default=0, help="also train each for this many images and score test mIoU"
     )
-    parser.add_argument("--all", action="store_true", help="also measure the course's other model options")
+    parser.add_argument("--all", action="store_true", help="the ladder of changes and the other options too")
     parser.add_argument("--out", default=str(ROOT / "build"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant, print its row as JSON
     args = parser.parse_args()
+    if args.one:
+        print("ROW " + json.dumps(run_one(json.loads(args.one), args)), flush=True)
+        return 0
 
     data_dir = ROOT / "data" / "bench"
     if not (data_dir / "classes.json").is_file():
         synthetic.generate_dataset(data_dir, 96, 24, 24, seed=42)
-    info = data.read_dataset_info(data_dir)
-    size, batch = args.image_size, args.batch_size
-    variants = [reference_variant(data_dir, info, size, batch), course_variant(data_dir, info, size, batch)]
+    specs = [{"name": "reference (tutorial, taps corrected)", "reference": True}]
     if args.all:
-        options = {
-            "course, separable ASPP + decoder": {"separable": True},
-            "course, output stride 8": {"output_stride": 8},
-            "course, MobileNetV2 + separable": {"backbone": "mobilenetv2", "separable": True},
-        }
-        variants += [course_variant(data_dir, info, size, batch, name, **kw) for name, kw in options.items()]
-
+        specs += [{"name": name, "kwargs": kw} for name, kw in {**LADDER, **OPTIONS}.items()]
+    else:
+        specs.append({"name": "course default on this machine", "kwargs": DEFAULT})
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}",
-        "image_size": size,
-        "batch_size": batch,
+        "image_size": args.image_size,
+        "batch_size": args.batch_size,
         "steps": args.steps,
         "matmul_gflops_float32": matmul_peak(tf.float32) / 1e9,
         "matmul_gflops_bfloat16": matmul_peak(tf.bfloat16) / 1e9,
         "variants": [],
     }
-    for variant in variants:
-        print(f"measuring: {variant.name}", flush=True)
-        row = measure(variant, size, batch, args.steps)
-        model = row.pop("model")
-        if args.quality:
-            steps = max(1, args.quality // batch)
-            model.fit(variant.dataset().repeat(), steps_per_epoch=steps, epochs=1, verbose=0)
-            row["test_miou"] = test_miou(model, data_dir, info, size, variant.scale_input)
-        result["variants"].append({"name": variant.name, **row})
-        keras.backend.clear_session()
+    passthrough = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+    passthrough += ["--steps", str(args.steps), "--quality", str(args.quality)]
+    for spec in specs:
+        print(f"measuring: {spec['name']}", flush=True)
+        done = subprocess.run(
+            [sys.executable, __file__, *passthrough, "--one", json.dumps(spec)], capture_output=True, text=True
+        )
+        rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+        if done.returncode or not rows:
+            print(f"  failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}", flush=True)
+            continue
+        result["variants"].append(json.loads(rows[0]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")

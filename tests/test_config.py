@@ -21,11 +21,12 @@ def test_smoke_profile_is_the_default_and_uses_built_in_data():
     assert s.data_dir.name == "synthetic-smoke"
     assert s.weights == "none" and s.backbone_weights is None
     assert s.image_size % 16 == 0
+    assert (s.backbone, s.separable, s.precision, s.output_stride, s.xla) == ("mobilenetv2", True, "auto", 16, False)
 
 
 def test_full_profile_defaults():
     s = load_settings({"DEEPLAB_PROFILE": "full"})
-    assert (s.image_size, s.weights, s.train_minutes) == (256, "imagenet", 8.0)
+    assert (s.image_size, s.weights, s.train_minutes, s.backbone) == (256, "imagenet", 8.0, "resnet50")
     assert s.backbone_weights == "imagenet"
 
 
@@ -89,3 +90,10 @@ def test_describe_lists_every_variable():
     text = load_settings({}).describe()
     for var in ENV_VARS:
         assert var in text
+
+
+def test_a_time_budget_of_your_own_lifts_the_profile_epoch_cap():
+    assert load_settings({}).epochs == 12  # the smoke profile's cap, with its own 4-minute budget
+    assert load_settings({"DEEPLAB_TRAIN_MINUTES": "15"}).epochs == 10_000  # the clock decides
+    assert load_settings({"DEEPLAB_TRAIN_MINUTES": "15", "DEEPLAB_EPOCHS": "3"}).epochs == 3
+    assert load_settings({"DEEPLAB_TRAIN_MINUTES": "none"}).epochs == 12  # no budget: keep the cap

@@ -173,3 +173,14 @@ def test_incomplete_camvid_copy_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds 2 images, CamVid's train split has 367"):
         datasets.convert_camvid(root, tmp_path / "out", datasets.CAMVID_COUNTS)
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_tensorflow_datasets_is_one_sentence_with_the_install_line(tmp_path, monkeypatch):
+    import sys
+
+    from helpers import datasets
+
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match=r"needs tensorflow-datasets: pip install 'deeplab-course\[datasets\]'"):
+        datasets.prepare_pets(tmp_path / "pets")
+    assert not (tmp_path / "pets").exists()

@@ -106,3 +106,28 @@ def test_live_frontend_is_off_when_headless(monkeypatch):
     assert course.live_frontend() is False
     monkeypatch.delenv("DEEPLAB_HEADLESS")
     assert course.live_frontend() is False  # plain Python, no kernel: nobody to show widgets to
+
+
+def test_missing_ipywidgets_gives_one_sentence_and_no_explorer(monkeypatch, capsys):
+    from helpers import course
+
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # import now raises ImportError
+    assert course.optional_widgets() is None
+    out = capsys.readouterr().out
+    assert "ipywidgets is not installed" in out and out.count("\n") == 1
+    monkeypatch.delenv("DEEPLAB_HEADLESS", raising=False)
+    monkeypatch.setattr(course.importlib.util, "find_spec", lambda name: None)
+    assert course.live_frontend() is False
+
+
+def test_hardware_note_warns_when_the_full_profile_meets_a_cpu(monkeypatch):
+    import tensorflow as tf
+
+    from helpers import course
+    from helpers.config import load_settings
+
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [])
+    smoke = course.hardware_note(load_settings({"DEEPLAB_PRECISION": "float32"}))
+    assert "no GPU" in smoke and "float32" in smoke and "slow" not in smoke
+    full = course.hardware_note(load_settings({"DEEPLAB_PROFILE": "full"}))
+    assert "sized for a GPU" in full and "DEEPLAB_PROFILE=smoke" in full

@@ -15,6 +15,7 @@ PROFILES = ("smoke", "full")
 BACKBONES = ("resnet50", "mobilenetv2")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OUTPUT_STRIDES = (8, 16)
+UNCAPPED_EPOCHS = 10_000  # "until the time cap": used when DEEPLAB_TRAIN_MINUTES is set and DEEPLAB_EPOCHS is not
 _YES, _NO = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
 
 # Defaults per profile. ``smoke`` is small enough for CI and a laptop CPU,
@@ -26,6 +27,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
         "epochs": 12,
         "train_minutes": 4.0,
         "weights": "none",
+        "backbone": "mobilenetv2",
         "num_train": 96,
         "num_val": 24,
         "num_test": 24,
@@ -36,6 +38,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
         "epochs": 40,
         "train_minutes": 8.0,
         "weights": "imagenet",
+        "backbone": "resnet50",
         "num_train": 600,
         "num_val": 100,
         "num_test": 100,
@@ -49,9 +52,9 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "DEEPLAB_OUTPUT_DIR": ("output_dir", "where models, histories, metrics and figures go"),
     "DEEPLAB_IMAGE_SIZE": ("image_size", "side of the square training crop, a multiple of 16"),
     "DEEPLAB_BATCH_SIZE": ("batch_size", "images per training step"),
-    "DEEPLAB_EPOCHS": ("epochs", "maximum number of training epochs"),
+    "DEEPLAB_EPOCHS": ("epochs", "maximum number of epochs; unset with DEEPLAB_TRAIN_MINUTES set: the time decides"),
     "DEEPLAB_TRAIN_MINUTES": ("train_minutes", "optional cap on training wall time, in minutes"),
-    "DEEPLAB_BACKBONE": ("backbone", "resnet50 or mobilenetv2"),
+    "DEEPLAB_BACKBONE": ("backbone", "mobilenetv2 (smoke: fastest on a CPU) or resnet50 (full: the paper's encoder)"),
     "DEEPLAB_WEIGHTS": ("weights", "imagenet, none, or a path to a backbone weights file"),
     "DEEPLAB_SEED": ("seed", "seed for data generation, shuffling and initialisation"),
     "DEEPLAB_SEPARABLE": ("separable", "1: atrous depthwise-separable convs in ASPP and decoder (paper); 0: regular"),
@@ -176,13 +179,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if get("DEEPLAB_BATCH_SIZE"):
         batch_size = _parse_int("DEEPLAB_BATCH_SIZE", env["DEEPLAB_BATCH_SIZE"], 1)
     epochs = defaults["epochs"]
-    if get("DEEPLAB_EPOCHS"):
-        epochs = _parse_int("DEEPLAB_EPOCHS", env["DEEPLAB_EPOCHS"], 1)
     train_minutes = defaults["train_minutes"]
     if "DEEPLAB_TRAIN_MINUTES" in env:
         train_minutes = _parse_minutes("DEEPLAB_TRAIN_MINUTES", env["DEEPLAB_TRAIN_MINUTES"])
+        if train_minutes:  # a time budget of your own: the clock, not the profile's epoch count, ends training
+            epochs = UNCAPPED_EPOCHS
+    if get("DEEPLAB_EPOCHS"):
+        epochs = _parse_int("DEEPLAB_EPOCHS", env["DEEPLAB_EPOCHS"], 1)
 
-    backbone = (get("DEEPLAB_BACKBONE") or "resnet50").strip().lower()
+    backbone = (get("DEEPLAB_BACKBONE") or str(defaults["backbone"])).strip().lower()
     if backbone not in BACKBONES:
         raise SettingsError(f"DEEPLAB_BACKBONE={backbone!r} is not supported; use one of {', '.join(BACKBONES)}.")
 

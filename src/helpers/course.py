@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 from helpers.config import Settings, load_settings
@@ -37,12 +38,43 @@ def setup(verbose: bool = True) -> Settings:
         print(settings.describe())
         import tensorflow as tf
 
-        gpus = tf.config.list_physical_devices("GPU")
-        print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}, {len(gpus)} GPU(s) visible")
+        print(f"TensorFlow {tf.__version__}, Keras {keras.__version__}. {hardware_note(settings)}")
     return settings
 
 
-HEADLESS_NOTE = "Headless run: the explorer needs a live notebook; the static figure above shows the same view."
+HEADLESS_NOTE = "Explorer skipped (headless run, or no ipywidgets): the static figure above shows the same view."
+NO_WIDGETS_NOTE = (
+    "ipywidgets is not installed, so the interactive explorers are skipped; each static figure shows the same "
+    "view (pip install ipywidgets to get them)."
+)
+
+
+def optional_widgets():
+    """The ``ipywidgets`` module, or ``None`` (after one sentence saying so) when it is not installed."""
+    try:
+        import ipywidgets
+    except ImportError:
+        print(NO_WIDGETS_NOTE)
+        return None
+    return ipywidgets
+
+
+def hardware_note(settings: Settings) -> str:
+    """One line on what this run will compute with, and a warning if it does not fit the profile."""
+    import tensorflow as tf
+
+    from helpers.model import resolve_precision
+
+    gpus = tf.config.list_physical_devices("GPU")
+    precision = resolve_precision(settings.precision)
+    device = f"{len(gpus)} GPU(s)" if gpus else "no GPU, so the CPU does the work"
+    note = f"Compute: {device}; precision {precision} (DEEPLAB_PRECISION={settings.precision})."
+    if not gpus and settings.profile == "full":
+        note += (
+            " The full profile is sized for a GPU: on this CPU it will be slow. "
+            "Use DEEPLAB_PROFILE=smoke, or a Colab GPU runtime (Runtime > Change runtime type)."
+        )
+    return note
 
 
 def live_frontend() -> bool:
@@ -55,6 +87,8 @@ def live_frontend() -> bool:
     import os
 
     if os.environ.get("DEEPLAB_HEADLESS") == "1":
+        return False
+    if importlib.util.find_spec("ipywidgets") is None:
         return False
     try:
         from IPython import get_ipython

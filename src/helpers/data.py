@@ -245,7 +245,7 @@ def make_dataset(
 
     Training: an endless stream of epochs, each :func:`steps_per_epoch` batches, with
     a new shuffle every epoch (the reference tutorial never shuffles) and random
-    augmentation. Every random choice is a pure function of ``(seed, epoch, position)``,
+    augmentation, decoded once and cached. Every random choice is a function of ``(seed, epoch, position)``,
     so ``first_epoch=k`` starts exactly where an uninterrupted run's epoch ``k``
     starts: that is what lets an interrupted training resume bit for bit.
     ``class_weights`` adds a third element, per-pixel weights (0 on ignored pixels).
@@ -272,21 +272,21 @@ def make_dataset(
         return ds.map(finish, num_parallel_calls=autotune).batch(batch_size).prefetch(autotune)
 
     count, steps = len(images), steps_per_epoch(len(images), batch_size)
-    image_paths, mask_paths = tf.constant(images), tf.constant(masks)
-
-    def example(epoch, position, index):
-        image, mask = load(image_paths[index], mask_paths[index])
-        key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), position)
-        image, mask = augment_pair(
-            image, mask, tf.random.experimental.stateless_split(key, 4), image_size, info.pad_label
-        )
-        return finish(image, mask)
+    decoded = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=autotune)
+    if cache:  # decoded once, in file order; every epoch reshuffles the cached pairs
+        decoded = decoded.cache()
 
     def one_epoch(epoch):
-        order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch])))
-        positions = tf.data.Dataset.range(count)
-        ds = tf.data.Dataset.zip((positions, tf.data.Dataset.from_tensor_slices(order)))
-        ds = ds.map(lambda p, i: example(epoch, p, i), num_parallel_calls=autotune)
+        # a full-size buffer with a seed made of (seed, epoch): a complete, reproducible permutation
+        order_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
+        ds = decoded.shuffle(count, seed=order_seed).enumerate()
+
+        def augment(position, pair):
+            key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), position)
+            seeds = tf.random.experimental.stateless_split(key, 4)
+            return finish(*augment_pair(pair[0], pair[1], seeds, image_size, info.pad_label))
+
+        ds = ds.map(augment, num_parallel_calls=autotune)
         # an epoch never shares a batch with the next one, even with fewer images than a batch
         return ds.repeat().take(steps * batch_size).batch(batch_size, drop_remainder=True)
 

@@ -88,9 +88,6 @@ class TrainingClock(keras.callbacks.Callback):
     def elapsed(self) -> float:
         return self.before + time.monotonic() - self.start
 
-    def on_train_begin(self, logs=None):
-        self.start = time.monotonic()
-
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = self.elapsed()
 
@@ -327,6 +324,7 @@ def train(
     """
     if class_weighting not in ("none", "median"):
         raise ValueError(f"class_weighting must be 'none' or 'median', got {class_weighting!r}.")
+    clock = TrainingClock(settings.train_minutes)  # the time cap counts from here
     keras.utils.set_random_seed(settings.seed)
     data_dir = data.ensure_data(settings)
     report = require_clean_data(data_dir)
@@ -342,7 +340,6 @@ def train(
     compile_model(model, info, learning_rate, jit_compile=settings.xla)
 
     paths = artifacts.output_paths(settings.output_dir)
-    clock = TrainingClock(settings.train_minutes)
     meta = {"settings": settings.as_dict(), "class_weighting": class_weighting, "learning_rate": learning_rate}
     schedule = PolyLearningRate(learning_rate, steps * settings.epochs, clock)
     history_cb = JsonHistory(paths["history"], meta, clock)
