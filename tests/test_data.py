@@ -62,7 +62,7 @@ def test_jpeg_mask_and_empty_split_are_refused(tmp_path):
         data.list_pairs(root, "train")
     (root / "val" / "images").mkdir(parents=True)
     (root / "val" / "masks").mkdir(parents=True)
-    with pytest.raises(data.DatasetError, match="split is empty"):
+    with pytest.raises(data.DatasetError, match="is empty: the val split has no image/mask pairs"):
         data.list_pairs(root, "val")
 
 

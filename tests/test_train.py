@@ -49,14 +49,20 @@ class FakeTime:
         return self.now
 
 
-def test_time_cap_stops_at_the_epoch_boundary_when_the_next_epoch_would_not_fit(monkeypatch):
+@pytest.fixture
+def capped_clock(monkeypatch):
+    """A one-minute TrainingClock on a fake time source, attached to a model; returns (clock, model, time)."""
     fake = FakeTime()
     monkeypatch.setattr(train.time, "monotonic", fake)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     clock = train.TrainingClock(minutes=1.0)
     clock.set_model(model)
     model.stop_training = False
-    clock.on_train_begin()
+    return clock, model, fake
+
+
+def test_time_cap_stops_at_the_epoch_boundary_when_the_next_epoch_would_not_fit(capped_clock):
+    clock, model, fake = capped_clock
     clock.on_epoch_begin(0)
     fake.now += 25
     clock.on_train_batch_end(0)
@@ -68,15 +74,9 @@ def test_time_cap_stops_at_the_epoch_boundary_when_the_next_epoch_would_not_fit(
     assert model.stop_training and clock.stopped
 
 
-def test_time_cap_stops_mid_epoch_only_when_one_epoch_is_longer_than_the_cap(monkeypatch):
-    fake = FakeTime()
-    monkeypatch.setattr(train.time, "monotonic", fake)
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    clock = train.TrainingClock(minutes=1.0)
-    clock.set_model(model)
+def test_time_cap_stops_mid_epoch_only_when_one_epoch_is_longer_than_the_cap(capped_clock):
+    clock, model, fake = capped_clock
     clock.set_state({"elapsed": 50.0})  # 50 s were used before an interruption
-    model.stop_training = False
-    clock.on_train_begin()
     clock.on_epoch_begin(3)
     fake.now += 5
     clock.on_train_batch_end(0)
@@ -165,3 +165,8 @@ def test_cli_generate_data_and_bad_setting(tmp_path):
     assert len(list((tmp_path / "d" / "train" / "images").glob("*.png"))) == 2
     bad = run_cli("info", "--image-size", "abc")
     assert bad.returncode == 2 and "DEEPLAB_IMAGE_SIZE='abc'" in bad.stderr
+
+
+def test_default_learning_rate_is_higher_from_scratch_than_for_fine_tuning():
+    assert train.default_learning_rate(load_settings({"DEEPLAB_WEIGHTS": "none"})) == 4e-3
+    assert train.default_learning_rate(load_settings({"DEEPLAB_PROFILE": "full"})) == 1e-3  # imagenet

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers.data import IMAGE_SUFFIXES, MASK_SUFFIX, SPLITS, DatasetError, DatasetInfo, read_dataset_info
+from helpers.data import SPLITS, DatasetError, DatasetInfo, read_dataset_info, scan_split
 
 
 @dataclass(frozen=True)
@@ -156,43 +156,14 @@ def check_dataset(data_dir: str | Path, splits=SPLITS) -> DataReport:
     reports = {}
     for split in splits:
         report = reports[split] = SplitReport()
-        image_dir, mask_dir = data_dir / split / "images", data_dir / split / "masks"
-        if not image_dir.is_dir() or not mask_dir.is_dir():
-            problems.append(
-                Problem(str(data_dir / split), "needs both images/ and masks/ folders (see data/README.md).")
-            )
-            continue
-        images, masks = {}, {}
-        for path in sorted(image_dir.iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                images[path.stem] = path
-            elif path.is_file():
-                problems.append(Problem(str(path), "is not a .png or .jpg image. Remove it from images/."))
-        for path in sorted(mask_dir.iterdir()):
-            if path.suffix.lower() == MASK_SUFFIX:
-                masks[path.stem] = path
-            elif path.suffix.lower() in (".jpg", ".jpeg"):
-                problems.append(
-                    Problem(
-                        str(path), "is a JPEG mask: lossy compression changes labels at every edge. Save masks as PNG."
-                    )
-                )
-            elif path.is_file():
-                problems.append(Problem(str(path), "is not a .png mask. Remove it from masks/."))
-        for stem in sorted(set(images) - set(masks)):
-            problems.append(Problem(str(images[stem]), f"has no mask: expected {mask_dir / (stem + MASK_SUFFIX)}."))
-        for stem in sorted(set(masks) - set(images)):
-            message = f"has no image named {stem}.png or {stem}.jpg in {image_dir}."
-            problems.append(Problem(str(masks[stem]), message))
-        paired = sorted(set(images) & set(masks))
-        if not paired:
-            problems.append(Problem(str(data_dir / split), "is empty: it has no image/mask pairs."))
-        for stem in paired:
-            image = _open(images[stem], problems, "images")
-            mask = _open(masks[stem], problems, "masks")
+        scan = scan_split(data_dir, split)
+        problems += [Problem(str(path), message) for path, message in scan.problems]
+        for image_path, mask_path in scan.pairs:
+            image = _open(image_path, problems, "images")
+            mask = _open(mask_path, problems, "masks")
             if image is not None:
                 report.image_sizes[image.size] += 1
             if mask is not None:
-                _check_mask(masks[stem], mask, image, info, problems, report.label_counts)
+                _check_mask(mask_path, mask, image, info, problems, report.label_counts)
             report.pairs += image is not None and mask is not None
     return DataReport(data_dir, info, reports, problems)

@@ -171,7 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train DeepLabV3+ and write model.keras and history.json")
     p.add_argument("--class-weighting", choices=["none", "median"], default="none")
-    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument(
+        "--learning-rate", type=float, help="peak learning rate (default: 4e-3 from scratch, 1e-3 pretrained)"
+    )
     p.add_argument("--verbose", type=int, choices=[0, 1, 2], help="Keras progress: 0 silent, 1 bar, 2 a line per epoch")
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run's state and start from scratch")
     _add_setting_flags(p, everything)

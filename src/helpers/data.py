@@ -111,32 +111,57 @@ def colour_table(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
     return keys, np.array([label for _, label in pairs], np.int64)
 
 
-def list_pairs(data_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
-    """Sorted image and mask paths of one split, paired by file stem."""
+@dataclass
+class SplitFiles:
+    """One split's image/mask pairs (sorted by stem) and every problem with its files."""
+
+    pairs: list[tuple[Path, Path]]
+    problems: list[tuple[Path, str]]  # (file or folder, what is wrong with it and the fix)
+
+
+def scan_split(data_dir: str | Path, split: str) -> SplitFiles:
+    """Pair a split's images and masks by file stem, collecting every problem rather than stopping at one.
+
+    ``check-data`` reports all of them; :func:`list_pairs` raises on the first.
+    """
     split_dir = Path(data_dir) / split
     image_dir, mask_dir = split_dir / "images", split_dir / "masks"
-    for folder in (image_dir, mask_dir):
-        if not folder.is_dir():
-            raise DatasetError(
-                f"{folder} is missing: each split needs images/ and masks/ folders (see data/README.md)."
+    if not image_dir.is_dir() or not mask_dir.is_dir():
+        return SplitFiles([], [(split_dir, "needs both images/ and masks/ folders (see data/README.md).")])
+    images, masks, problems = {}, {}, []
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            images[path.stem] = path
+        elif path.is_file():
+            problems.append((path, "is not a .png or .jpg image. Remove it from images/."))
+    for path in sorted(mask_dir.iterdir()):
+        if path.suffix.lower() == MASK_SUFFIX:
+            masks[path.stem] = path
+        elif path.suffix.lower() in (".jpg", ".jpeg"):
+            problems.append(
+                (path, "is a JPEG mask: lossy compression changes labels at every edge. Save masks as PNG.")
             )
-    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
-    masks = {p.stem: p for p in mask_dir.iterdir() if p.suffix.lower() == MASK_SUFFIX}
-    jpeg_masks = sorted(p.name for p in mask_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
-    if jpeg_masks:
-        raise DatasetError(
-            f"{mask_dir}/{jpeg_masks[0]} is a JPEG mask: lossy compression changes label values. Save masks as PNG."
-        )
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask:
-        raise DatasetError(f"{images[no_mask[0]]} has no mask: expected {mask_dir / (no_mask[0] + MASK_SUFFIX)}.")
-    if no_image:
-        raise DatasetError(f"{masks[no_image[0]]} has no image with the same name in {image_dir}.")
-    if not images:
-        raise DatasetError(f"{image_dir} holds no .png or .jpg images: the {split} split is empty.")
-    stems = sorted(images)
-    return [str(images[s]) for s in stems], [str(masks[s]) for s in stems]
+        elif path.is_file():
+            problems.append((path, "is not a .png mask. Remove it from masks/."))
+    for stem in sorted(set(images) - set(masks)):
+        problems.append((images[stem], f"has no mask: expected {mask_dir / (stem + MASK_SUFFIX)}."))
+    for stem in sorted(set(masks) - set(images)):
+        problems.append((masks[stem], f"has no image named {stem}.png or {stem}.jpg in {image_dir}."))
+    pairs = [(images[stem], masks[stem]) for stem in sorted(set(images) & set(masks))]
+    if not pairs:
+        problems.append((split_dir, f"is empty: the {split} split has no image/mask pairs."))
+    return SplitFiles(pairs, problems)
+
+
+def list_pairs(data_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """Sorted image and mask paths of one split, paired by file stem; the first problem raises."""
+    scan = scan_split(data_dir, split)
+    if scan.problems:
+        path, message = scan.problems[0]
+        more = len(scan.problems) - 1
+        hint = f" ({more} more problem(s): `python -m helpers check-data {data_dir}` lists them all)" if more else ""
+        raise DatasetError(f"{path} {message}{hint}")
+    return [str(image) for image, _ in scan.pairs], [str(mask) for _, mask in scan.pairs]
 
 
 def load_image(path: tf.Tensor) -> tf.Tensor:
