@@ -9,7 +9,7 @@ def test_every_documented_variable_is_read():
     expected = {
         "DEEPLAB_DATA_DIR", "DEEPLAB_OUTPUT_DIR", "DEEPLAB_IMAGE_SIZE", "DEEPLAB_BATCH_SIZE", "DEEPLAB_EPOCHS",
         "DEEPLAB_TRAIN_MINUTES", "DEEPLAB_BACKBONE", "DEEPLAB_WEIGHTS", "DEEPLAB_SEED", "DEEPLAB_PROFILE",
-        "DEEPLAB_SEPARABLE", "DEEPLAB_OUTPUT_STRIDE", "DEEPLAB_PRECISION", "DEEPLAB_XLA",
+        "DEEPLAB_SEPARABLE", "DEEPLAB_OUTPUT_STRIDE", "DEEPLAB_PRECISION", "DEEPLAB_XLA", "DEEPLAB_STRATEGY",
     }  # fmt: skip
     assert set(ENV_VARS) == expected
 
@@ -72,6 +72,7 @@ def test_environment_overrides_profile(tmp_path):
         ({"DEEPLAB_OUTPUT_STRIDE": "8", "DEEPLAB_BACKBONE": "mobilenetv2"}, ["DEEPLAB_OUTPUT_STRIDE=8", "resnet50"]),
         ({"DEEPLAB_PRECISION": "fp8"}, ["DEEPLAB_PRECISION", "'fp8'", "mixed_bfloat16"]),
         ({"DEEPLAB_XLA": "fast"}, ["DEEPLAB_XLA", "'fast'"]),
+        ({"DEEPLAB_STRATEGY": "horovod"}, ["DEEPLAB_STRATEGY", "mirrored", "multiworker"]),
     ],
 )
 def test_bad_values_are_named_with_a_fix(env, words):

@@ -24,6 +24,7 @@ FLAG_TO_ENV = {
     "output_stride": "DEEPLAB_OUTPUT_STRIDE",
     "precision": "DEEPLAB_PRECISION",
     "xla": "DEEPLAB_XLA",
+    "strategy": "DEEPLAB_STRATEGY",
 }
 
 
@@ -114,11 +115,29 @@ def cmd_evaluate(args) -> int:
     from helpers.evaluate import evaluate, metrics_path
 
     settings = _settings(args)
-    result = evaluate(settings, split=args.split)
+    result = evaluate(settings, split=args.split, tta=args.tta)
     print(f"{args.split}: mIoU {result.scores.miou:.4f}, pixel accuracy {result.scores.pixel_accuracy:.4f}")
     for name, iou in zip(result.classes, result.scores.per_class_iou):
         print(f"  {name:<14} {'absent' if iou != iou else f'{iou:.4f}'}")
     print(f"Metrics: {metrics_path(settings)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from pathlib import Path
+
+    from helpers import artifacts, export
+
+    settings = _settings(args)
+    model = artifacts.load_model(args.model or artifacts.output_paths(settings.output_dir)["model"])
+    target = Path(args.target)
+    saved = export.export_saved_model(model, target / "saved_model")
+    plain = export.export_tflite(saved, target / "model.tflite")
+    small = export.export_tflite(saved, target / "model-int8.tflite", quantize=True)
+    size = sum(f.stat().st_size for f in saved.rglob("*") if f.is_file())
+    print(f"SavedModel  {saved}  {size / 1e6:.1f} MB (uint8 images of any size -> uint8 masks)")
+    for path in (plain, small):
+        print(f"TFLite      {path}  {path.stat().st_size / 1e6:.1f} MB")
     return 0
 
 
@@ -180,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score the trained model and write metrics.json")
+    p.add_argument("--tta", default="none", choices=["none", "flip", "multiscale"], help="test-time augmentation")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     _add_setting_flags(p, everything)
     p.set_defaults(func=cmd_evaluate)
@@ -191,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--native-size", action="store_true", help="feed images at their own size, not resized")
     _add_setting_flags(p, everything)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a SavedModel and TensorFlow Lite files (float32 and 8-bit weights)")
+    p.add_argument("target", help="folder for saved_model/, model.tflite and model-int8.tflite")
+    p.add_argument("--model", help="a .keras file (default: <output dir>/model.keras)")
+    _add_setting_flags(p, everything)
+    p.set_defaults(func=cmd_export)
     return parser
 
 

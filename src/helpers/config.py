@@ -15,6 +15,7 @@ PROFILES = ("smoke", "full")
 BACKBONES = ("resnet50", "mobilenetv2")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OUTPUT_STRIDES = (8, 16)
+STRATEGIES = ("default", "mirrored", "tpu", "multiworker")
 UNCAPPED_EPOCHS = 10_000  # "until the time cap": used when DEEPLAB_TRAIN_MINUTES is set and DEEPLAB_EPOCHS is not
 _YES, _NO = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
 
@@ -61,6 +62,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "DEEPLAB_OUTPUT_STRIDE": ("output_stride", "16 (default) or 8 (finer features, about 3x the compute)"),
     "DEEPLAB_PRECISION": ("precision", "auto, float32, mixed_bfloat16 (CPUs with bf16) or mixed_float16 (GPUs)"),
     "DEEPLAB_XLA": ("xla", "1 compiles the training step with XLA (jit_compile); default 0"),
+    "DEEPLAB_STRATEGY": ("strategy", "default (one device), mirrored (all GPUs here), tpu, or multiworker (TF_CONFIG)"),
 }
 
 
@@ -94,6 +96,7 @@ class Settings:
     output_stride: int
     precision: str
     xla: bool
+    strategy: str
     num_train: int
     num_val: int
     num_test: int
@@ -211,6 +214,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if precision not in PRECISIONS:
         raise SettingsError(f"DEEPLAB_PRECISION={precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
     xla = _parse_flag("DEEPLAB_XLA", get("DEEPLAB_XLA") or "0")
+    strategy = (get("DEEPLAB_STRATEGY") or "default").strip().lower()
+    if strategy not in STRATEGIES:
+        raise SettingsError(f"DEEPLAB_STRATEGY={strategy!r} is not supported; use one of {', '.join(STRATEGIES)}.")
 
     return Settings(
         profile=profile,
@@ -227,6 +233,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         output_stride=output_stride,
         precision=precision,
         xla=xla,
+        strategy=strategy,
         num_train=int(defaults["num_train"]),
         num_val=int(defaults["num_val"]),
         num_test=int(defaults["num_test"]),

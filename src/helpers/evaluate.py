@@ -7,6 +7,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from helpers import artifacts, data
 from helpers.config import Settings
@@ -33,16 +34,52 @@ class Evaluation:
         }
 
 
-def evaluate_model(model: keras.Model, dataset, info: data.DatasetInfo, split: str = "test") -> Evaluation:
+TTA_MODES = {  # test-time augmentation: (horizontal flip?, scales)
+    "none": (False, (1.0,)),
+    "flip": (True, (1.0,)),
+    "multiscale": (True, (0.75, 1.0, 1.25)),
+}
+
+
+def tta_probabilities(model: keras.Model, images, mode: str = "none") -> np.ndarray:
+    """Class probabilities for ``images``, averaged over flipped and rescaled copies (``TTA_MODES``).
+
+    Each copy's prediction is mapped back (unflipped, resized to the input's size)
+    before averaging, so every view votes on the same pixel. Cost: one forward pass
+    per view (1, 2 or 6), at the view's size.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta={mode!r} is not a mode; use one of {', '.join(TTA_MODES)}.")
+    flip, scales = TTA_MODES[mode]
+    images = tf.convert_to_tensor(images, tf.float32)
+    height, width = int(images.shape[1]), int(images.shape[2])
+    total, views = 0.0, 0
+    for scale in scales:
+        size = (max(16, round(height * scale)), max(16, round(width * scale)))
+        scaled = images if scale == 1.0 else tf.image.resize(images, size, method="bilinear")
+        for flipped in (False, True) if flip else (False,):
+            view = tf.reverse(scaled, axis=[2]) if flipped else scaled
+            probabilities = tf.nn.softmax(tf.convert_to_tensor(model.predict_on_batch(view), tf.float32))
+            if flipped:
+                probabilities = tf.reverse(probabilities, axis=[2])
+            if scale != 1.0:
+                probabilities = tf.image.resize(probabilities, (height, width), method="bilinear")
+            total, views = total + probabilities, views + 1
+    return (total / views).numpy()
+
+
+def evaluate_model(
+    model: keras.Model, dataset, info: data.DatasetInfo, split: str = "test", tta: str = "none"
+) -> Evaluation:
     """Run ``model`` over ``dataset`` once; accumulate one confusion matrix for the whole split.
 
     Also reports the reference tutorial's per-batch average on the same
-    predictions, so the two can be compared.
+    predictions, so the two can be compared. ``tta`` picks test-time augmentation.
     """
     matrix = ConfusionMatrix(info.num_classes, info.ignore_index)
     batch_scores, count = [], 0
     for images, masks in dataset:
-        predicted = np.argmax(model.predict_on_batch(images), axis=-1)
+        predicted = np.argmax(tta_probabilities(model, images, tta), axis=-1)
         masks = np.asarray(masks)
         matrix.update(masks, predicted)
         batch_scores.append(per_batch_mean_iou(masks, predicted, info.num_classes))
@@ -51,7 +88,7 @@ def evaluate_model(model: keras.Model, dataset, info: data.DatasetInfo, split: s
 
 
 def evaluate(
-    settings: Settings, model: keras.Model | None = None, split: str = "test", write: bool = True
+    settings: Settings, model: keras.Model | None = None, split: str = "test", write: bool = True, tta: str = "none"
 ) -> Evaluation:
     """Evaluate the trained model (or ``model``) on ``split`` and write ``metrics.json``."""
     data_dir = data.ensure_data(settings)
@@ -59,9 +96,9 @@ def evaluate(
     paths = artifacts.output_paths(settings.output_dir)
     model = model or artifacts.load_model(paths["model"])
     dataset = data.make_dataset(data_dir, split, settings.image_size, settings.batch_size, False, settings.seed, info)
-    result = evaluate_model(model, dataset, info, split)
+    result = evaluate_model(model, dataset, info, split, tta)
     if write:
-        artifacts.write_json(paths["metrics"], result.as_dict())
+        artifacts.write_json(paths["metrics"], {**result.as_dict(), "tta": tta})
     return result
 
 

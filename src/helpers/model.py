@@ -10,6 +10,7 @@ is why the same model works for 256x256, 320x480 and anything else.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator, Sequence
 
 import keras
@@ -218,9 +219,23 @@ class FusedBatchNormalization(layers.BatchNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
 
+# True while a model for several replicas is built: batch norms then average their
+# statistics over the global batch (Keras's synchronised path) instead of per replica.
+_SYNCHRONIZED_BN = contextvars.ContextVar("synchronized_bn", default=False)
+
+
+@contextlib.contextmanager
+def _synchronized_batch_norm(on: bool) -> Iterator[None]:
+    token = _SYNCHRONIZED_BN.set(on)
+    try:
+        yield
+    finally:
+        _SYNCHRONIZED_BN.reset(token)
+
+
 def batch_norm(name: str) -> layers.Layer:
-    """The course's batch norm: fused kernel, momentum for short runs."""
-    return FusedBatchNormalization(momentum=BN_MOMENTUM, name=name)
+    """The course's batch norm: fused kernel, momentum for short runs, synchronised across replicas if asked."""
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, synchronized=_SYNCHRONIZED_BN.get(), name=name)
 
 
 def conv_bn_relu(
@@ -315,7 +330,8 @@ def _course_layer(layer, config: dict | None = None) -> layers.Layer:
     """A fresh copy of a backbone layer; batch norms become the course's (fused, momentum 0.9)."""
     config = layer.get_config() if config is None else config
     if isinstance(layer, layers.BatchNormalization):
-        return FusedBatchNormalization.from_config({**config, "momentum": BN_MOMENTUM})
+        config = {**config, "momentum": BN_MOMENTUM, "synchronized": _SYNCHRONIZED_BN.get()}
+        return FusedBatchNormalization.from_config(config)
     return layer.__class__.from_config(config)
 
 
@@ -378,6 +394,7 @@ def build_deeplabv3_plus(
     decoder_filters: int = 256,
     dropout: float = 0.1,
     precision: str = "float32",
+    synchronized_bn: bool = False,
     name: str = "deeplabv3_plus",
 ) -> keras.Model:
     """DeepLabV3+ for ``num_classes`` classes; returns float32 logits shaped like the input.
@@ -388,6 +405,7 @@ def build_deeplabv3_plus(
     ``precision``: ``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"auto"``
     (see :func:`auto_precision`). Mixed precision computes in 16 bits and keeps the
     weights, batch-norm statistics, preprocessing, logits and outputs in float32.
+    ``synchronized_bn=True`` (for several replicas) computes batch statistics over the global batch.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
@@ -395,7 +413,8 @@ def build_deeplabv3_plus(
         weights = None
     if aspp_rates is None:
         aspp_rates = tuple(r * 16 // output_stride for r in (6, 12, 18))
-    with dtype_policy(resolve_precision(precision)):  # every layer built below follows this policy
+    # every layer built below follows this dtype policy and batch-norm synchronisation
+    with dtype_policy(resolve_precision(precision)), _synchronized_batch_norm(synchronized_bn):
         inputs = keras.Input(shape=input_shape, name="image")
         low, high = build_encoder(inputs, backbone, weights, output_stride)
 

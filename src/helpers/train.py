@@ -12,13 +12,15 @@ import dataclasses
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import tensorflow as tf
 
-from helpers import artifacts, data
+from helpers import artifacts, data, distribute
 from helpers.config import Settings
 from helpers.model import build_deeplabv3_plus
 
@@ -289,7 +291,7 @@ def default_learning_rate(settings: Settings) -> float:
     return 4e-3 if settings.backbone_weights is None else 1e-3
 
 
-def build_model(settings: Settings, num_classes: int) -> keras.Model:
+def build_model(settings: Settings, num_classes: int, synchronized_bn: bool = False) -> keras.Model:
     """The DeepLabV3+ the settings describe: backbone, weights, separable convs, output stride, precision."""
     return build_deeplabv3_plus(
         num_classes,
@@ -298,6 +300,7 @@ def build_model(settings: Settings, num_classes: int) -> keras.Model:
         output_stride=settings.output_stride,
         separable=settings.separable,
         precision=settings.precision,
+        synchronized_bn=synchronized_bn,
     )
 
 
@@ -346,12 +349,22 @@ def train(
         weights = data.median_frequency_weights(report.splits["train"].label_counts[: info.num_classes])
     num_train = report.splits["train"].pairs
     steps = data.steps_per_epoch(num_train, settings.batch_size)
+    strategy = distribute.make_strategy(settings.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if settings.batch_size % replicas:
+        raise ValueError(
+            f"DEEPLAB_BATCH_SIZE={settings.batch_size} is the global batch and must split evenly over "
+            f"{replicas} replicas: use a multiple of {replicas}."
+        )
     custom_model = model is not None
-    if model is None:
-        model = build_model(settings, info.num_classes)
-    compile_model(model, info, learning_rate, jit_compile=settings.xla)
+    with strategy.scope():
+        if model is None:
+            model = build_model(settings, info.num_classes, synchronized_bn=replicas > 1)
+        compile_model(model, info, learning_rate, jit_compile=settings.xla)
 
-    paths = artifacts.output_paths(settings.output_dir)
+    # with several workers only the chief writes the real files; the others write to a scratch folder
+    output_dir = settings.output_dir if distribute.is_chief(strategy) else Path(tempfile.mkdtemp(prefix="worker-"))
+    paths = artifacts.output_paths(output_dir)
     meta = {"settings": settings.as_dict(), "class_weighting": class_weighting, "learning_rate": learning_rate}
     schedule = PolyLearningRate(learning_rate, steps * settings.epochs, clock)
     history_cb = JsonHistory(paths["history"], meta, clock)
@@ -363,7 +376,8 @@ def train(
     state = ResumableState(paths["resume"], artifacts.jsonable(fingerprint), parts, guard)
     first_epoch = 0
     if resume and not custom_model:
-        first_epoch = state.load(model)
+        with strategy.scope():
+            first_epoch = state.load(model)
     elif not resume:
         state.clear()
 
@@ -379,6 +393,10 @@ def train(
         first_epoch=first_epoch,
     )
     val_ds = data.make_dataset(data_dir, "val", settings.image_size, settings.batch_size, False, settings.seed, info)
+    if settings.strategy == "multiworker":  # every worker reads the file list; each takes its share of the batches
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
     # order matters at each epoch's end: the guard first, the resume state last (it saves everyone's state)
     callbacks = [guard, clock, schedule, history_cb, checkpoint, state]
     start = time.monotonic()

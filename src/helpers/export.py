@@ -1,0 +1,77 @@
+"""Ship a trained model: a SavedModel that maps uint8 images of any size to masks, and TensorFlow Lite.
+
+The SavedModel needs neither Keras nor this package to run: TensorFlow Serving,
+``tf.saved_model.load`` in any TensorFlow program, or a conversion to TF.js can use it.
+TensorFlow Lite runs on phones and small boards; ``quantize=True`` stores the weights
+in 8 bits (dynamic-range quantisation), about a quarter of the size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def as_float32(model: keras.Model) -> keras.Model:
+    """A float32 copy of a (possibly mixed-precision) model, with the same weights.
+
+    Exporters and TensorFlow Lite do not all handle bfloat16; the weights are float32 anyway.
+    """
+    if all(layer.compute_dtype == "float32" for layer in model.layers):
+        return model
+
+    def float32_layer(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=float32_layer)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def export_saved_model(model: keras.Model, directory: str | Path) -> Path:
+    """Write a SavedModel whose ``serving_default`` takes ``uint8 (N, H, W, 3)`` and returns ``mask`` and ``scores``.
+
+    ``mask`` is ``uint8 (N, H, W)``: the class index per pixel at the input's own size.
+    The folder is written beside its final name and renamed, so a failed export leaves nothing.
+    """
+    directory = Path(directory)
+    model = as_float32(model)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images):
+        scores = model(tf.cast(images, tf.float32), training=False)
+        return {"mask": tf.cast(tf.argmax(scores, axis=-1), tf.uint8), "scores": scores}
+
+    archive.add_endpoint("serving_default", serve, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+    partial = directory.with_name(f".{directory.name}-partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    archive.write_out(str(partial), verbose=False)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(partial, directory)
+    return directory
+
+
+def export_tflite(saved_model: str | Path, path: str | Path, quantize: bool = False) -> Path:
+    """Convert an exported SavedModel to a ``.tflite`` file (optionally with 8-bit weights)."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    if quantize:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights, float activations
+    path = Path(path)
+    partial = path.with_name(f".{path.name}-partial")
+    partial.write_bytes(converter.convert())
+    os.replace(partial, path)
+    return path
+
+
+def tflite_predict(path: str | Path, image: np.ndarray) -> np.ndarray:
+    """Mask ``(H, W)`` for one uint8 ``(H, W, 3)`` image with a ``.tflite`` file from :func:`export_tflite`."""
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    runner = interpreter.get_signature_runner("serving_default")
+    (name,) = runner.get_input_details()  # the runner resizes the input to this image's shape
+    return runner(**{name: np.asarray(image, np.uint8)[None]})["mask"][0]

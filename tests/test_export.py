@@ -1,0 +1,65 @@
+"""Export: SavedModel and TensorFlow Lite predict the masks the Keras model predicts."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from helpers import export
+from helpers.model import build_deeplabv3_plus
+
+
+def trained_model(precision):
+    model = build_deeplabv3_plus(4, backbone="mobilenetv2", weights=None, separable=True, precision=precision)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 64, 64, 3)).astype(np.float32)
+    y = (x[..., 0] > 128).astype(np.int32) + 2 * (x[..., 1] > 128)  # something learnable, so masks are not flat
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    return model
+
+
+IMAGES = [np.random.default_rng(1).integers(0, 255, s, dtype=np.uint8) for s in [(64, 64, 3), (48, 80, 3), (37, 53, 3)]]
+
+
+@pytest.fixture(scope="module")
+def model_and_images():
+    return trained_model("float32"), IMAGES
+
+
+def keras_mask(model, image):
+    return np.argmax(model.predict_on_batch(image[None].astype(np.float32))[0], axis=-1)
+
+
+def test_saved_model_takes_uint8_of_any_size_and_matches_keras(model_and_images, tmp_path):
+    model, images = model_and_images
+    path = export.export_saved_model(model, tmp_path / "saved")
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    for image in images:
+        out = serve(tf.constant(image[None]))
+        assert out["mask"].dtype == tf.uint8 and out["mask"].shape == (1, *image.shape[:2])
+        np.testing.assert_array_equal(out["mask"].numpy()[0], keras_mask(model, image))
+    assert not list(tmp_path.glob(".*")), "no partial export left behind"
+    print(f"SavedModel: {sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 1e6:.1f} MB")
+
+
+def test_mixed_precision_model_is_exported_in_float32(tmp_path):
+    model = trained_model("mixed_bfloat16")
+    path = export.export_saved_model(model, tmp_path / "saved")
+    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+    for image in IMAGES:
+        agreement = np.mean(serve(tf.constant(image[None]))["mask"].numpy()[0] == keras_mask(model, image))
+        assert agreement > 0.99  # float32 export of a model trained and run in bfloat16
+
+
+def test_tflite_float_and_quantised_agree_with_the_saved_model(model_and_images, tmp_path):
+    model, images = model_and_images
+    saved = export.export_saved_model(model, tmp_path / "saved")
+    serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
+    plain = export.export_tflite(saved, tmp_path / "model.tflite")
+    small = export.export_tflite(saved, tmp_path / "model-int8.tflite", quantize=True)
+    assert small.stat().st_size < 0.5 * plain.stat().st_size
+    print(f"TFLite: {plain.stat().st_size / 1e6:.1f} MB float32, {small.stat().st_size / 1e6:.1f} MB quantised")
+    for image in images:
+        reference = serve(tf.constant(image[None]))["mask"].numpy()[0]
+        np.testing.assert_array_equal(export.tflite_predict(plain, image), reference)
+        assert np.mean(export.tflite_predict(small, image) == reference) >= 0.99

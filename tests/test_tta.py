@@ -1,0 +1,54 @@
+"""Test-time augmentation: views are mapped back before they are averaged."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers.evaluate import tta_probabilities
+
+
+def softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def position_model():
+    """Scores that depend on the column only, not on the pixels: [column, width - column]."""
+    inputs = keras.Input((None, None, 3))
+
+    def scores(x):
+        width = keras.ops.shape(x)[2]
+        column = keras.ops.cast(keras.ops.arange(width), "float32")[None, None, :, None] * keras.ops.ones_like(
+            x[..., :1]
+        )
+        return keras.ops.concatenate([column, keras.ops.cast(width, "float32") - column], axis=-1) / 4.0
+
+    return keras.Model(inputs, keras.layers.Lambda(scores)(inputs))
+
+
+def test_flip_averages_each_pixel_with_its_mirror_image_by_hand():
+    images = np.zeros((1, 2, 6, 3), np.float32)
+    plain = tta_probabilities(position_model(), images, "none")
+    flipped = tta_probabilities(position_model(), images, "flip")
+    column = np.arange(6, dtype=np.float32)
+    by_hand = softmax(np.stack([column, 6 - column], axis=-1) / 4.0)
+    np.testing.assert_allclose(plain[0, 0], by_hand, atol=1e-6)
+    # the flipped view's column c is the original's 5 - c; mapped back, each pixel averages c and 5 - c
+    np.testing.assert_allclose(flipped[0, 0], (by_hand + by_hand[::-1]) / 2, atol=1e-6)
+
+
+def test_a_flip_equivariant_model_gains_nothing_from_flipping():
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 1, kernel_initializer="he_normal")])
+    images = np.random.default_rng(0).uniform(0, 1, (2, 8, 10, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        tta_probabilities(model, images, "flip"), tta_probabilities(model, images, "none"), atol=1e-6
+    )
+
+
+def test_multiscale_answers_at_the_input_size_and_bad_modes_are_named():
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(3, 1)])
+    probabilities = tta_probabilities(model, np.zeros((1, 20, 28, 3), np.float32), "multiscale")
+    assert probabilities.shape == (1, 20, 28, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
+    with pytest.raises(ValueError, match="tta='rotate'"):
+        tta_probabilities(model, np.zeros((1, 8, 8, 3), np.float32), "rotate")
