@@ -54,6 +54,8 @@ CASES = [
     (exercises.check_per_batch_bias, per_batch_vs_streaming, lambda t, p, n: (1.0, 1.0)),
     (exercises.check_overlay, overlay, lambda i, m, p, a: p[m]),
     (exercises.check_restore_size, restore, lambda s, h, w: np.zeros((h, w))),
+    (exercises.check_per_replica_batch, lambda g, r: g // r, lambda g, r: g),
+    (exercises.check_scaled_learning_rate, lambda lr, b, n: lr * n / b, lambda lr, b, n: lr * b / n),
 ]  # fmt: skip
 
 

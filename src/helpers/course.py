@@ -15,6 +15,7 @@ NOTEBOOKS = [
     "04_training",
     "05_evaluation",
     "06_prediction_visualisation",
+    "07_scaling_up",
 ]
 
 

@@ -297,14 +297,20 @@ def make_dataset(
         return ds.map(finish, num_parallel_calls=autotune).batch(batch_size).prefetch(autotune)
 
     count, steps = len(images), steps_per_epoch(len(images), batch_size)
+    # the whole split as one element: decoded once and cached, so each epoch can take it in any order
     decoded = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=autotune)
-    if cache:  # decoded once, in file order; every epoch reshuffles the cached pairs
+    decoded = decoded.batch(count)
+    if cache:
         decoded = decoded.cache()
 
     def one_epoch(epoch):
-        # a full-size buffer with a seed made of (seed, epoch): a complete, reproducible permutation
-        order_seed = tf.constant(seed, tf.int64) * 1_000_003 + epoch
-        ds = decoded.shuffle(count, seed=order_seed).enumerate()
+        # stateless: the permutation depends on (seed, epoch) only, never on a global random state
+        order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch])))
+        ds = decoded.flat_map(
+            lambda all_images, all_masks: tf.data.Dataset.from_tensor_slices(
+                (tf.gather(all_images, order), tf.gather(all_masks, order))
+            )
+        ).enumerate()
 
         def augment(position, pair):
             key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), position)

@@ -139,3 +139,18 @@ def check_restore_size(fn: Callable) -> bool:
         fn,
         [("2x2 scores to 4x6", (scores, 4, 6), expected, lambda g, e: _equal(np.asarray(g).squeeze(), e))],
     )
+
+
+def check_per_replica_batch(fn: Callable) -> bool:
+    """``fn(global_batch, replicas) -> int``: images each replica sees per step."""
+    cases = [(f"global {g} on {r} replicas", (g, r), g // r, _equal) for g, r in ((16, 4), (8, 2), (32, 8), (8, 1))]
+    return _report("per-replica batch", fn, cases)
+
+
+def check_scaled_learning_rate(fn: Callable) -> bool:
+    """``fn(base_lr, base_batch, new_batch) -> float``: the linear scaling rule."""
+    cases = [
+        (f"{lr} at batch {b}, now batch {n}", (lr, b, n), lr * n / b, _close)
+        for lr, b, n in ((1e-3, 8, 32), (4e-3, 8, 8), (1e-2, 256, 64))
+    ]
+    return _report("scaled learning rate", fn, cases)
