@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import keras
@@ -69,9 +70,23 @@ def export_tflite(saved_model: str | Path, path: str | Path, quantize: bool = Fa
     return path
 
 
+def tflite_interpreter(path: str | Path):
+    """A TensorFlow Lite interpreter: LiteRT's (``ai_edge_litert``) if installed, else TensorFlow's own.
+
+    TensorFlow's ``tf.lite.Interpreter`` still works but warns that it will move to LiteRT.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
+            return tf.lite.Interpreter(model_path=str(path))
+    return Interpreter(model_path=str(path))
+
+
 def tflite_predict(path: str | Path, image: np.ndarray) -> np.ndarray:
     """Mask ``(H, W)`` for one uint8 ``(H, W, 3)`` image with a ``.tflite`` file from :func:`export_tflite`."""
-    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter = tflite_interpreter(path)
     runner = interpreter.get_signature_runner("serving_default")
     (name,) = runner.get_input_details()  # the runner resizes the input to this image's shape
     return runner(**{name: np.asarray(image, np.uint8)[None]})["mask"][0]
