@@ -186,8 +186,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
             and self.axis in (-1, 3)
             and self.scale
             and self.center
-            and not self.renorm
-            and not self.synchronized
+            and not getattr(self, "renorm", False)  # Keras < 3.14 has no renorm
+            and not getattr(self, "synchronized", False)
         )
 
     def call(self, inputs, training=None, mask=None):
