@@ -47,7 +47,7 @@ lab: install
 	$(VENV)/bin/jupyter lab notebooks
 
 bench: install
-	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/bench.py $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)
