@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from helpers import artifacts
+
 
 def as_float32(model: keras.Model) -> keras.Model:
     """A float32 copy of a (possibly mixed-precision) model, with the same weights.
@@ -63,11 +65,7 @@ def export_tflite(saved_model: str | Path, path: str | Path, quantize: bool = Fa
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     if quantize:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights, float activations
-    path = Path(path)
-    partial = path.with_name(f".{path.name}-partial")
-    partial.write_bytes(converter.convert())
-    os.replace(partial, path)
-    return path
+    return artifacts.atomic_write_bytes(path, converter.convert())
 
 
 def tflite_interpreter(path: str | Path):

@@ -141,7 +141,7 @@ def predict_folder(
         raise FileNotFoundError(f"{input_dir} is empty: put the images to predict in it.")
     report = PredictionReport()
     for path in files:
-        if any(done.stem == path.stem for done in report.written):
+        if path.stem in {done.stem for done in report.written}:
             report.skipped.append((path, f"{path}: another image with the stem {path.stem!r} was already predicted."))
             continue
         try:
