@@ -141,12 +141,42 @@ def test_num_classes_must_be_at_least_two():
         build_deeplabv3_plus(1, weights=None)
 
 
-@pytest.mark.parametrize("rate, size", [(2, 16), (6, 8), (18, 8)])
-def test_atrous_conv_matches_keras_in_value_and_gradient(rate, size):
+def test_native_dilated_conv_probe_tells_the_truth():
     import tensorflow as tf
 
+    from helpers.model import native_dilated_conv_trains
+
+    x, kernel = tf.ones((1, 9, 9, 2)), tf.ones((3, 3, 2, 3))
+    try:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME", dilations=3)
+        tape.gradient(y, x)
+        works = True
+    except tf.errors.InvalidArgumentError:
+        works = False
+    assert native_dilated_conv_trains() is works
+    # the same answer when first asked while a graph or a tf.function is being built (as count_flops does)
+    native_dilated_conv_trains.cache_clear()
+    with tf.Graph().as_default():
+        assert native_dilated_conv_trains() is works
+    native_dilated_conv_trains.cache_clear()
+    answers = []
+    tf.function(lambda: answers.append(native_dilated_conv_trains()) or tf.constant(0))()
+    assert answers == [works]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "fallback"])
+@pytest.mark.parametrize("rate, size", [(2, 16), (6, 8), (18, 8)])
+def test_atrous_conv_matches_keras_in_value_and_gradient(rate, size, native, monkeypatch):
+    import tensorflow as tf
+
+    from helpers import model as model_module
     from helpers.model import AtrousConv2D
 
+    if native and not model_module.native_dilated_conv_trains():
+        pytest.skip("this TensorFlow cannot differentiate a native dilated conv (no oneDNN/cuDNN); fallback tested")
+    monkeypatch.setattr(model_module, "native_dilated_conv_trains", lambda: native)
     rng = np.random.default_rng(rate)
     x = tf.constant(rng.normal(size=(2, size, size, 8)).astype(np.float32))
     ours = AtrousConv2D(4, 3, dilation_rate=rate, padding="same", use_bias=False)
@@ -241,3 +271,16 @@ def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(monkeypat
     assert model_module.resolve_precision("Float32") == "float32"
     with pytest.raises(ValueError, match="precision='fp8'"):
         model_module.resolve_precision("fp8")
+
+
+@pytest.mark.parametrize("rate", [1, 6])
+def test_flops_are_counted_by_hand_whichever_atrous_path_this_machine_runs(rate):
+    from helpers.flops import count_flops
+    from helpers.model import AtrousConv2D
+
+    h, w, c_in, c_out = 16, 12, 8, 4
+    model = keras.Sequential(
+        [keras.Input((h, w, c_in)), AtrousConv2D(c_out, 3, dilation_rate=rate, padding="same", use_bias=False)]
+    )
+    # one multiply-add per kernel tap, input channel, output channel and output pixel; 2 FLOPs each
+    assert count_flops(model, (h, w, c_in)) == 2 * h * w * 3 * 3 * c_in * c_out

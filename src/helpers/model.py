@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Iterator, Sequence
 
 import keras
@@ -145,21 +146,70 @@ class ResizeLike(layers.Layer):
         return {**super().get_config(), "interpolation": self.interpolation}
 
 
+@functools.cache
+def native_dilated_conv_trains() -> bool:
+    """Can this TensorFlow differentiate a dilated conv as one native op, on its default device?
+
+    cuDNN (GPUs) and oneDNN (which TensorFlow turns on for recent Intel CPUs) can.
+    TensorFlow's own CPU kernels compute the forward pass but refuse the backward
+    one ("do not yet support dilation rates larger than 1"), as on AMD and older
+    Intel CPUs. Found out once per process with a tiny gradient.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    # A graph and session of its own: asked from inside a traced function or a graph,
+    # an eager probe would only build symbolic ops and never run the kernel.
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, (1, 8, 8, 1))
+        kernel = tf.compat.v1.placeholder(tf.float32, (3, 3, 1, 1))
+        y = tf.nn.conv2d(x, kernel, strides=1, padding="SAME", dilations=2)
+        gradients = tf.gradients(y, [x, kernel])
+    with tf.compat.v1.Session(graph=graph) as session:
+        try:
+            session.run(gradients, {x: np.zeros((1, 8, 8, 1)), kernel: np.zeros((3, 3, 1, 1))})
+        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError):
+            return False
+    return True
+
+
+# True while a graph is traced only to be inspected, never run (``helpers.flops``): dilated
+# convs are then traced as the one native op on every machine, so counts do not depend on it.
+_TRACE_NATIVE_ATROUS = contextvars.ContextVar("trace_native_atrous", default=False)
+
+
+@contextlib.contextmanager
+def native_atrous_for_inspection() -> Iterator[None]:
+    """Trace ``AtrousConv2D`` as the native dilated op even where it cannot be trained (for FLOP counts)."""
+    token = _TRACE_NATIVE_ATROUS.set(True)
+    try:
+        yield
+    finally:
+        _TRACE_NATIVE_ATROUS.reset(token)
+
+
 @keras.saving.register_keras_serializable(package="helpers")
 class AtrousConv2D(layers.Conv2D):
-    """A ``Conv2D`` whose dilated (atrous) case runs as one native convolution.
+    """A ``Conv2D`` whose dilated (atrous) case runs as one native convolution where it can.
 
     TensorFlow's generic path computes a dilated conv by "space to batch": it pads
     the map to a multiple of the rate and splits it into rate x rate sub-images.
     On the small maps DeepLab feeds to ASPP (8x8 at rate 18, say) that is mostly
     padding, and training gets many times slower. ``tf.nn.conv2d`` with
-    ``dilations`` gives the same numbers in one oneDNN/cuDNN call. Other backends
-    and undilated convs use Keras's own path.
+    ``dilations`` gives the same numbers in one oneDNN/cuDNN call. Where that call
+    cannot be trained (see :func:`native_dilated_conv_trains`), and for other
+    backends and undilated convs, Keras's own path is used: same numbers, slower.
     """
 
     def convolution_op(self, inputs, kernel):
         dilated = tuple(self.dilation_rate) != (1, 1)
-        if dilated and keras.backend.backend() == "tensorflow" and self.data_format == "channels_last":
+        if (
+            dilated
+            and keras.backend.backend() == "tensorflow"
+            and self.data_format == "channels_last"
+            and (_TRACE_NATIVE_ATROUS.get() or native_dilated_conv_trains())
+        ):
             import tensorflow as tf
 
             return tf.nn.conv2d(
