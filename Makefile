@@ -8,6 +8,9 @@ STAMP := $(VENV)/.installed-$(EXTRAS)
 # Colab's GPU runtime as published in August 2026, minus Python 3.13 (tested on this Python).
 COLAB_PINS := tensorflow-cpu==2.20.0 keras==3.13.2 numpy==2.1.3 matplotlib==3.10.0 ipywidgets==7.7.1
 LINT_PATHS := src tests scripts notebooks $(wildcard benchmarks)
+# Unit tests run in two processes: much of a test's time is single-threaded model building and tracing.
+TEST_WORKERS ?= 2
+PYTEST := -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
 
 .PHONY: install data run test test-unit test-notebooks test-colab lab bench lint format clean
@@ -29,19 +32,20 @@ run: install
 test: lint test-unit test-notebooks
 
 test-unit: install
-	$(PY) -m pytest -q tests
+	$(PY) $(PYTEST) tests
 
 test-notebooks: install
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
 		DEEPLAB_HEADLESS=1 $(PY) -m pytest -q $(NBVAL) notebooks; \
 	else echo "no notebooks yet"; fi
 
-# The unit tests again, in a second environment pinned to Colab's versions.
+# The unit tests again, in a second environment pinned to Colab's versions. Those marked slow
+# (whole training runs that test the course's own logic, not the libraries) ran in test-unit already.
 test-colab:
 	test -x .venv-colab/bin/python || $(PYTHON) -m venv .venv-colab
 	.venv-colab/bin/python -m pip install -q --upgrade pip
 	.venv-colab/bin/python -m pip install -q $(COLAB_PINS) -e ".[dev]"
-	.venv-colab/bin/python -m pytest -q -p no:cacheprovider tests
+	.venv-colab/bin/python $(PYTEST) -m "not slow" tests
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks

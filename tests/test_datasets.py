@@ -45,6 +45,7 @@ def tiny_training(data_dir, out):
     return train.train(settings, verbose=0)
 
 
+@pytest.mark.slow
 def test_camvid_conversion_and_one_training_step(tmp_path):
     target = datasets.convert_camvid(camvid_fixture(tmp_path / "CamVid"), tmp_path / "camvid")
     info = json.loads((target / "classes.json").read_text())
@@ -89,6 +90,7 @@ def pet_examples(n=6, shape=(40, 56)):
         }
 
 
+@pytest.mark.slow
 def test_pet_conversion_and_one_training_step(tmp_path):
     target = datasets.convert_pet_examples(pet_examples(), tmp_path / "pets")
     assert data.read_dataset_info(target).classes == ("pet", "background", "border")

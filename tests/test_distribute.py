@@ -106,6 +106,7 @@ def test_mirrored_strategy_on_two_cpu_devices_matches_one_device():
     assert result["mirrored"][-1] < result["mirrored"][0]  # and it learns
 
 
+@pytest.mark.slow
 def test_the_course_training_runs_under_mirrored_strategy(synthetic_dir, tmp_path):
     env = {
         **clean_env(),

@@ -46,6 +46,7 @@ def history(output_dir: Path) -> dict:
     return json.loads((output_dir / "history.json").read_text())["history"]
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(synthetic_dir, tmp_path):
     killed, straight = tmp_path / "killed", tmp_path / "straight"
     state = killed / "resume" / "state.json"
@@ -83,6 +84,7 @@ def tiny_settings(synthetic_dir, tmp_path):
     return make
 
 
+@pytest.mark.slow
 def test_two_runs_with_the_same_seed_give_identical_metrics(tiny_settings):
     first = train.train(tiny_settings("a"), verbose=0)
     second = train.train(tiny_settings("b"), verbose=0)
@@ -92,6 +94,7 @@ def test_two_runs_with_the_same_seed_give_identical_metrics(tiny_settings):
     assert third.history["loss"] != first.history["loss"]
 
 
+@pytest.mark.slow
 def test_a_resume_state_from_other_settings_is_replaced_not_used(tiny_settings, capsys):
     settings = tiny_settings("run")
     resume = artifacts.output_paths(settings.output_dir)["resume"]
@@ -122,6 +125,7 @@ class PoisonAfter(keras.layers.Layer):
         return {**super().get_config(), "steps": self.steps}
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_the_causes_and_keeps_the_last_good_epoch(tiny_settings):
     settings = tiny_settings("nan", DEEPLAB_EPOCHS="4")
     base = train.build_model(settings, 5)
