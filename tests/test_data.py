@@ -187,3 +187,36 @@ def test_training_stream_works_with_seed_zero(synthetic_dir):
     keras.utils.set_random_seed(123)
     again = next(iter(data.make_dataset(synthetic_dir, "train", 32, 4, training=True, seed=0)))
     np.testing.assert_array_equal(first[1].numpy(), again[1].numpy())
+
+
+def test_base_shape_keeps_the_aspect_ratio(synthetic_dir, tmp_path):
+    # the synthetic images are 240x320 (4:3): short side 64, long side 64 * 4/3 = 85.3, rounded to 80
+    assert data.base_shape(synthetic_dir, 64) == (64, 80)
+    assert data.base_shape(synthetic_dir, 256) == (256, 336)  # 341.3 -> 336
+    # portrait images, and a square one that the median outvotes
+    root = write_dataset(tmp_path, [np.zeros((60, 30), int), np.zeros((80, 40), int), np.zeros((50, 50), int)])
+    assert data.base_shape(root, 32) == (64, 32)
+
+
+def test_evaluation_images_keep_their_aspect_and_training_crops_are_square(synthetic_dir):
+    images, masks = next(iter(data.make_dataset(synthetic_dir, "test", 64, 2, training=False)))
+    assert images.shape == (2, 64, 80, 3) and masks.shape == (2, 64, 80)
+    images, masks = next(iter(data.make_dataset(synthetic_dir, "train", 64, 2, training=True)))
+    assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)
+
+
+def test_augmentation_scales_a_wide_image_without_squashing_it():
+    # vertical stripes 4 pixels wide on a 32x64 image; the same scale on both axes keeps them
+    # square-pixelled: a stripe's width in the output is 4 * scale, its height is unchanged
+    stripes = ((np.arange(64) // 4) % 2).astype(np.uint8)
+    mask = np.repeat(stripes[None, :], 32, axis=0)[..., None]
+    image = np.repeat(mask * 200, 3, axis=-1).astype(np.uint8)
+    for i in range(6):
+        seeds = tf.constant(np.random.default_rng(i).integers(0, 2**31, (4, 2)), tf.int64)
+        scale = float(tf.random.stateless_uniform([], seeds[0], 1.0, 2.0))
+        _, out = data.augment_pair(tf.constant(image), tf.constant(mask), seeds, 32, pad_label=None)
+        row = out.numpy()[16, :, 0]
+        runs = np.diff(np.flatnonzero(np.diff(row) != 0))  # lengths of the inner stripes
+        assert out.shape == (32, 32, 1)
+        assert np.all(np.abs(runs - 4 * scale) <= 1), (scale, runs)
+        assert np.all(out.numpy()[:, :, 0] == row[None, :]), "stripes stay vertical"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -199,15 +200,37 @@ def _colour_mask_to_indices(path, info: DatasetInfo) -> tf.Tensor:
     return tf.cast(index, tf.uint8)[..., None]
 
 
-def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
-    """Bilinear resize to ``size x size``; values stay 0-255, returned as uint8."""
-    resized = tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear")
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_image(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
+    """Bilinear resize to ``size`` (a side, for a square, or ``(height, width)``); values stay 0-255, as uint8."""
+    resized = tf.image.resize(tf.cast(image, tf.float32), _hw(size), method="bilinear")
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def resize_mask(mask: tf.Tensor, size: int) -> tf.Tensor:
+def resize_mask(mask: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
     """Nearest-neighbour resize: every output label is copied from the input, none invented."""
-    return tf.image.resize(mask, (size, size), method="nearest")
+    return tf.image.resize(mask, _hw(size), method="nearest")
+
+
+def base_shape(data_dir: str | Path, image_size: int) -> tuple[int, int]:
+    """``(height, width)`` every image is resized to before augmentation and evaluation.
+
+    The short side becomes ``image_size`` and the long side keeps the training
+    images' typical (median) aspect ratio, rounded to a multiple of 16. Squashing a
+    4:3 road scene into a square would make every pole and pedestrian thinner than
+    in the photos the model will later be shown. Read from the image headers only.
+    """
+    aspects = []
+    for image_path in list_pairs(data_dir, "train")[0]:
+        with Image.open(image_path) as image:
+            width, height = image.size
+        aspects.append(width / height)
+    aspect = float(np.median(aspects))
+    long_side = max(image_size, 16 * round(image_size * max(aspect, 1 / aspect) / 16))
+    return (image_size, long_side) if aspect >= 1 else (long_side, image_size)
 
 
 def augment_pair(
@@ -218,7 +241,9 @@ def augment_pair(
     pad_label: int | None,
     scale_range: tuple[float, float] = (0.5, 2.0),
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random scale, crop, flip (joint) and colour jitter (image only).
+    """Random scale, square crop of side ``size``, flip (joint), and colour jitter (image only).
+
+    The scale applies to the shorter side (``size * scale``) and keeps the aspect ratio.
 
     ``seeds`` is an int64 ``(4, 2)`` tensor, one stateless seed per random choice,
     so the same seeds give the same augmentation. Image and mask are cropped and
@@ -230,12 +255,16 @@ def augment_pair(
     if pad_label is None:
         low = max(low, 1.0)
     scale = tf.random.stateless_uniform([], seeds[0], low, high)
-    new = tf.cast(tf.round(size * scale), tf.int32)
-    image = tf.image.resize(tf.cast(image, tf.float32), (new, new), method="bilinear")
-    mask = tf.cast(tf.image.resize(mask, (new, new), method="nearest"), tf.float32)
-    pad = tf.maximum(size - new, 0)
-    image = tf.pad(image, [[0, pad], [0, pad], [0, 0]], constant_values=0.0)
-    mask = tf.pad(mask, [[0, pad], [0, pad], [0, 0]], constant_values=float(pad_label or 0))
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    # scale the shorter side to size * scale, keeping the aspect ratio
+    factor = size * scale / tf.cast(tf.minimum(height, width), tf.float32)
+    new_h = tf.cast(tf.round(tf.cast(height, tf.float32) * factor), tf.int32)
+    new_w = tf.cast(tf.round(tf.cast(width, tf.float32) * factor), tf.int32)
+    image = tf.image.resize(tf.cast(image, tf.float32), (new_h, new_w), method="bilinear")
+    mask = tf.cast(tf.image.resize(mask, (new_h, new_w), method="nearest"), tf.float32)
+    pad_h, pad_w = tf.maximum(size - new_h, 0), tf.maximum(size - new_w, 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=0.0)
+    mask = tf.pad(mask, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=float(pad_label or 0))
     stacked = tf.concat([image, mask], axis=-1)
     stacked = tf.image.stateless_random_crop(stacked, (size, size, 4), seed=seeds[1])
     stacked = tf.image.stateless_random_flip_left_right(stacked, seed=seeds[2])
@@ -263,10 +292,12 @@ def make_dataset(
     limit: int | None = None,
     first_epoch: int = 0,
 ) -> tf.data.Dataset:
-    """Batches of ``(images float32 (B,S,S,3) in 0-255, masks int32 (B,S,S))``.
+    """Batches of ``(images float32 (B,H,W,3) in 0-255, masks int32 (B,H,W))``.
 
-    Evaluation (``training=False``): every image once, in file order, cached after
-    the first pass, the last partial batch kept.
+    Every image is first resized to :func:`base_shape` (short side ``image_size``,
+    aspect ratio kept). Evaluation (``training=False``): those whole images, once, in
+    file order, cached after the first pass, the last partial batch kept.
+    Training: square ``image_size`` crops (``H = W = image_size``).
 
     Training: an endless stream of epochs, each :func:`steps_per_epoch` batches, with
     a new shuffle every epoch (the reference tutorial never shuffles) and random
@@ -281,8 +312,10 @@ def make_dataset(
         images, masks = images[:limit], masks[:limit]
     autotune = tf.data.AUTOTUNE
 
+    shape = base_shape(data_dir, image_size)
+
     def load(image_path, mask_path):
-        return resize_image(load_image(image_path), image_size), resize_mask(load_mask(mask_path, info), image_size)
+        return resize_image(load_image(image_path), shape), resize_mask(load_mask(mask_path, info), shape)
 
     def finish(image, mask):
         image, mask = tf.cast(image, tf.float32), tf.cast(mask[..., 0], tf.int32)

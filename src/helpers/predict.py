@@ -8,6 +8,7 @@ converted to 8-bit RGB or refused with a message that names the file.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,14 +73,36 @@ def to_rgb8(image: Image.Image, name: str | Path = "image") -> np.ndarray:
 def network_size(height: int, width: int, image_size: int | None) -> tuple[int, int]:
     """The size the image is resized to before the network sees it.
 
-    ``image_size`` (the training crop size) gives a square; ``None`` keeps the image's
-    own shape, shrunk to at most ``MAX_SIDE`` and enlarged to at least ``MIN_SIDE``.
+    ``image_size`` (the training crop size) scales the shorter side to it, as the
+    training pipeline does (:func:`helpers.data.base_shape`); ``None`` keeps the image's
+    own size, shrunk to at most ``MAX_SIDE`` and enlarged to at least ``MIN_SIDE``.
+    Either way the aspect ratio is kept.
     """
     if image_size is not None:
-        return image_size, image_size
+        scale = image_size / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
     scale = min(1.0, MAX_SIDE / max(height, width))
     scale = max(scale, MIN_SIDE / min(height, width))
     return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
+
+
+_ANY_SIZE_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def predict_scores(model: keras.Model, images) -> tf.Tensor:
+    """Class scores (float32) for a batch of images of any height and width.
+
+    Runs one graph traced with every dimension unknown, kept per model. Keras's
+    ``predict_on_batch`` retraces for a new size with only *some* dimensions unknown,
+    and TensorFlow's dilated depthwise conv (ASPP's atrous separable convs) then pads
+    with the wrong amount and fails ("padded_shape ... is not divisible by block_shape").
+    """
+    function = _ANY_SIZE_FUNCTIONS.get(model)
+    if function is None:
+        spec = tf.TensorSpec((None, None, None, 3), tf.float32)
+        function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        _ANY_SIZE_FUNCTIONS[model] = function
+    return tf.cast(function(tf.convert_to_tensor(images, tf.float32)), tf.float32)
 
 
 def predict_mask(model: keras.Model, image: np.ndarray, image_size: int | None = None) -> np.ndarray:
@@ -98,7 +121,7 @@ def predict_mask(model: keras.Model, image: np.ndarray, image_size: int | None =
     size = network_size(height, width, image_size)
     if size != (height, width):
         batch = tf.image.resize(batch, size, method="bilinear", antialias=size[0] < height)
-    scores = tf.convert_to_tensor(model.predict_on_batch(batch), tf.float32)
+    scores = predict_scores(model, batch)
     if tuple(scores.shape[1:3]) == (height, width):
         return np.argmax(scores[0].numpy(), axis=-1).astype(np.uint8)
     best = np.full((height, width), -np.inf, np.float32)
