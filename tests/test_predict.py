@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from helpers import predict
@@ -10,14 +11,21 @@ from helpers.predict import ImageReadError, predict_folder, predict_mask, read_i
 
 
 class ShapeSpy:
-    """Wraps a model and remembers the shape of the last batch, to see what the network was given."""
+    """Stands in for ``predict.predict_scores`` and remembers the shape of the last batch the network got."""
 
-    def __init__(self, model):
-        self.model, self.seen = model, None
+    def __init__(self):
+        self.seen, self.real = None, predict.predict_scores
 
-    def predict_on_batch(self, batch):
+    def __call__(self, model, batch):
         self.seen = tuple(batch.shape)
-        return self.model.predict_on_batch(batch)
+        return self.real(model, batch)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    spy = ShapeSpy()
+    monkeypatch.setattr(predict, "predict_scores", spy)
+    return spy
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +34,7 @@ def model():
     inputs = keras.Input((None, None, 3))
     x = keras.layers.AveragePooling2D(4, padding="same")(inputs)
     x = keras.layers.Conv2D(3, 1, kernel_initializer="ones")(x)
-    return ShapeSpy(keras.Model(inputs, keras.layers.UpSampling2D(4)(x)))
+    return keras.Model(inputs, keras.layers.UpSampling2D(4)(x))
 
 
 def test_grayscale_becomes_three_equal_channels(tmp_path):
@@ -90,18 +98,18 @@ def test_unusable_files_are_refused_by_name(tmp_path, name, content, words):
         assert word in str(info.value)
 
 
-def test_tiny_image_is_enlarged_for_the_network_and_answered_at_its_size(model):
+def test_tiny_image_is_enlarged_for_the_network_and_answered_at_its_size(model, spy):
     mask = predict_mask(model, np.zeros((8, 8, 3), np.uint8))
     assert mask.shape == (8, 8)
-    assert model.seen[1:3] == (32, 32)
+    assert spy.seen[1:3] == (32, 32)
 
 
-def test_huge_image_is_shrunk_for_the_network_and_answered_at_full_size(model):
+def test_huge_image_is_shrunk_for_the_network_and_answered_at_full_size(model, spy):
     image = np.zeros((4000, 6000, 3), np.uint8)
     image[:, 3000:] = 255  # a bright right half
     mask = predict_mask(model, image)
     assert mask.shape == (4000, 6000) and mask.dtype == np.uint8
-    assert model.seen[1:3] == (1365, 2048)  # longest side capped, aspect kept
+    assert spy.seen[1:3] == (1365, 2048)  # longest side capped, aspect kept
     assert predict.network_size(4000, 6000, None) == (1365, 2048)
 
 
@@ -140,3 +148,20 @@ def test_folder_without_images_writes_nothing(model, tmp_path):
     report = predict_folder(model, tmp_path / "in", tmp_path / "out")
     assert report.written == [] and len(report.skipped) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_images_of_several_sizes_in_a_row_with_atrous_separable_aspp():
+    # Keras's predict_on_batch retraces a second size with some dimensions still fixed, and
+    # TensorFlow's dilated depthwise conv then pads wrongly ("not divisible by block_shape");
+    # 200x300 then 240x320 at image size 128 means 128x192 then 128x171 for the network.
+    from helpers.model import build_deeplabv3_plus
+
+    model = build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None, separable=True, precision="float32")
+    rng = np.random.default_rng(0)
+    for height, width in [(200, 300), (240, 320), (320, 240), (100, 133)]:
+        image = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+        assert predict_mask(model, image, image_size=128).shape == (height, width)
+        size = predict.network_size(height, width, 128)
+        batch = tf.image.resize(tf.constant(image[None], tf.float32), size)
+        eager = model(batch, training=False).numpy()  # eager: every shape known, no retracing involved
+        np.testing.assert_allclose(predict.predict_scores(model, batch).numpy(), eager, rtol=1e-4, atol=1e-4)

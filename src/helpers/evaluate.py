@@ -12,6 +12,7 @@ import tensorflow as tf
 from helpers import artifacts, data
 from helpers.config import Settings
 from helpers.metrics import ConfusionMatrix, SegmentationScores, per_batch_mean_iou
+from helpers.predict import predict_scores
 
 
 @dataclass
@@ -59,7 +60,7 @@ def tta_probabilities(model: keras.Model, images, mode: str = "none") -> np.ndar
         scaled = images if scale == 1.0 else tf.image.resize(images, size, method="bilinear")
         for flipped in (False, True) if flip else (False,):
             view = tf.reverse(scaled, axis=[2]) if flipped else scaled
-            probabilities = tf.nn.softmax(tf.convert_to_tensor(model.predict_on_batch(view), tf.float32))
+            probabilities = tf.nn.softmax(predict_scores(model, view))
             if flipped:
                 probabilities = tf.reverse(probabilities, axis=[2])
             if scale != 1.0:
