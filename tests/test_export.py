@@ -1,5 +1,6 @@
 """Export: SavedModel and TensorFlow Lite predict the masks the Keras model predicts."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -9,6 +10,9 @@ from helpers.model import build_deeplabv3_plus
 
 
 def trained_model(precision):
+    # seeded: a model trained this briefly has many near-ties between classes, and how many of them
+    # 8-bit weights flip depends on the initialisation (98-100% agreement seen across seeds)
+    keras.utils.set_random_seed(0)
     model = build_deeplabv3_plus(4, backbone="mobilenetv2", weights=None, separable=True, precision=precision)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
