@@ -32,7 +32,7 @@ run: install
 test: lint test-unit test-notebooks
 
 test-unit: install
-	$(PY) $(PYTEST) tests
+	$(PY) $(PYTEST) --durations=10 tests
 
 test-notebooks: install
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \

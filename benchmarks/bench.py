@@ -5,7 +5,8 @@ forward FLOPs per image (counted from the graph), training and inference images/
 peak memory (each variant runs in a fresh process, so it is that variant's own),
 achieved FLOP/s against this machine's matmul peak, and the ratio to the reference.
 ``--all`` adds the ladder of changes one at a time, so the table shows what each
-bought. ``--quality N`` also trains each on N images and scores test mIoU.
+bought. ``--quality N`` also trains each on N images, each with its own recipe (the reference as
+written, the course as `python -m helpers train` would), and scores test mIoU.
 Writes build/bench.json and build/bench.md.
 """
 
@@ -28,12 +29,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from helpers import data, reference, synthetic  # noqa: E402
+from helpers.config import load_settings  # noqa: E402
 from helpers.flops import count_flops  # noqa: E402
 from helpers.metrics import ConfusionMatrix  # noqa: E402
 from helpers.model import build_deeplabv3_plus  # noqa: E402
-from helpers.train import compile_model  # noqa: E402
+from helpers.train import PolyLearningRate, compile_model, default_learning_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+# what `python -m helpers train` uses for a model trained from scratch (every variant here is)
+FROM_SCRATCH_LR = default_learning_rate(load_settings({"DEEPLAB_WEIGHTS": "none"}))
 
 
 def matmul_peak(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
@@ -52,8 +56,10 @@ def matmul_peak(dtype: tf.DType, n: int = 2048, repeats: int = 10) -> float:
 class Variant:
     """A model plus the input pipeline and preprocessing it is trained with."""
 
-    def __init__(self, name, build, dataset, scale_input):
+    def __init__(self, name, build, dataset, scale_input, schedule=None):
         self.name, self.build, self.dataset, self.scale_input = name, build, dataset, scale_input
+        # the learning-rate recipe for --quality: a callback factory taking the number of steps, or None
+        self.schedule = schedule
 
 
 def reference_variant(data_dir, info, size, batch):
@@ -85,7 +91,10 @@ def course_variant(
     def dataset():
         return data.make_dataset(data_dir, "train", size, batch, training=True, info=info)
 
-    return Variant(name, build, dataset, 1.0)
+    def schedule(steps: int) -> PolyLearningRate:  # the course's recipe: warm-up, then poly from the peak
+        return PolyLearningRate(FROM_SCRATCH_LR, steps)
+
+    return Variant(name, build, dataset, 1.0, schedule)
 
 
 class StepClock(keras.callbacks.Callback):
@@ -212,7 +221,11 @@ def run_one(spec: dict, args) -> dict:
     row = measure(variant, size, batch, args.steps)
     model = row.pop("model")
     if args.quality and spec.get("quality", True):
-        model.fit(variant.dataset().repeat(), steps_per_epoch=max(1, args.quality // batch), epochs=1, verbose=0)
+        # each variant with its own training recipe: the reference as written (Adam at Keras's default
+        # 1e-3), the course's variants as `python -m helpers train` trains them
+        steps = max(1, args.quality // batch)
+        callbacks = [variant.schedule(steps)] if variant.schedule else []
+        model.fit(variant.dataset().repeat(), steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
         row["test_miou"] = test_miou(model, data_dir, info, size, variant.scale_input)
     return {"name": spec["name"], "settings": kwargs, **row}
 
