@@ -150,10 +150,11 @@ class ResizeLike(layers.Layer):
 def native_dilated_conv_trains() -> bool:
     """Can this TensorFlow differentiate a dilated conv as one native op, on its default device?
 
-    cuDNN (GPUs) and oneDNN (which TensorFlow turns on for recent Intel CPUs) can.
-    TensorFlow's own CPU kernels compute the forward pass but refuse the backward
-    one ("do not yet support dilation rates larger than 1"), as on AMD and older
-    Intel CPUs. Found out once per process with a tiny gradient.
+    cuDNN (GPUs) and oneDNN (which TensorFlow turns on for CPUs with AVX-512 VNNI,
+    bfloat16 or AMX instructions, Intel or AMD) can. TensorFlow's own CPU kernels,
+    used on older CPUs, compute the forward pass but refuse the backward one ("do
+    not yet support dilation rates larger than 1"). Found out once per process with
+    a tiny gradient.
     """
     import numpy as np
     import tensorflow as tf
