@@ -50,9 +50,28 @@ def test_mixed_precision_model_is_exported_in_float32(tmp_path):
     model = trained_model("mixed_bfloat16")
     path = export.export_saved_model(model, tmp_path / "saved")
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    for image in IMAGES:
-        agreement = np.mean(serve(tf.constant(image[None]))["mask"].numpy()[0] == keras_mask(model, image))
-        assert agreement > 0.99  # float32 export of a model trained and run in bfloat16
+    for image in IMAGES:  # float32 export of a model trained and run in bfloat16: bfloat16's rounding, no more
+        scores = np.asarray(model.predict_on_batch(image[None].astype(np.float32))[0], np.float32)
+        keras_outputs = {"scores": scores, "mask": np.argmax(scores, axis=-1)}
+        exported = {key: value.numpy()[0] for key, value in serve(tf.constant(image[None])).items()}
+        assert_close_to(exported, keras_outputs, tolerance=0.1)
+
+
+def assert_close_to(outputs, reference, tolerance):
+    """Scores within ``tolerance`` of the score range, and labels that differ only where the reference is a near-tie.
+
+    Machine-independent: how many near-ties a rounding difference flips depends on the CPU's kernels
+    (one Intel CPU flipped 2.4% of pixels under 8-bit weights, AMD CPUs under 1%), but the size of the
+    error does not. A broken export (wrong input scaling, channel order, resize) moves scores by far more.
+    """
+    scores, spread = reference["scores"], float(np.ptp(reference["scores"]))
+    error = float(np.max(np.abs(outputs["scores"] - scores)))
+    assert error <= tolerance * spread, f"scores off by {error:.4g}, over {tolerance:.0%} of their range {spread:.4g}"
+    top_two = np.sort(scores, axis=-1)[..., -2:]
+    margin = top_two[..., 1] - top_two[..., 0]
+    flipped = outputs["mask"] != reference["mask"]
+    assert np.all(margin[flipped] <= 2 * error), "a label changed where the scores cannot explain it"
+    np.testing.assert_array_equal(outputs["mask"], np.argmax(outputs["scores"], axis=-1))
 
 
 def test_tflite_float_and_quantised_agree_with_the_saved_model(model_and_images, tmp_path):
@@ -64,6 +83,18 @@ def test_tflite_float_and_quantised_agree_with_the_saved_model(model_and_images,
     assert small.stat().st_size < 0.5 * plain.stat().st_size
     print(f"TFLite: {plain.stat().st_size / 1e6:.1f} MB float32, {small.stat().st_size / 1e6:.1f} MB quantised")
     for image in images:
-        reference = serve(tf.constant(image[None]))["mask"].numpy()[0]
-        np.testing.assert_array_equal(export.tflite_predict(plain, image), reference)
-        assert np.mean(export.tflite_predict(small, image) == reference) >= 0.99
+        reference = {key: value.numpy()[0] for key, value in serve(tf.constant(image[None])).items()}
+        assert_close_to(export.tflite_outputs(plain, image), reference, tolerance=1e-3)
+        assert_close_to(export.tflite_outputs(small, image), reference, tolerance=0.05)  # measured: 0.6%
+
+
+def test_the_closeness_check_fails_on_a_broken_export():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(8, 8, 4)).astype(np.float32)
+    reference = {"scores": scores, "mask": np.argmax(scores, axis=-1)}
+    swapped = scores[..., ::-1]  # e.g. a class order mixed up on the way
+    with pytest.raises(AssertionError):
+        assert_close_to({"scores": swapped, "mask": np.argmax(swapped, axis=-1)}, reference, tolerance=0.05)
+    shifted = np.roll(scores, 1, axis=1)  # a misaligned resize
+    with pytest.raises(AssertionError):
+        assert_close_to({"scores": shifted, "mask": np.argmax(shifted, axis=-1)}, reference, tolerance=0.05)

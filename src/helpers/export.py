@@ -82,9 +82,15 @@ def tflite_interpreter(path: str | Path):
     return Interpreter(model_path=str(path))
 
 
-def tflite_predict(path: str | Path, image: np.ndarray) -> np.ndarray:
-    """Mask ``(H, W)`` for one uint8 ``(H, W, 3)`` image with a ``.tflite`` file from :func:`export_tflite`."""
+def tflite_outputs(path: str | Path, image: np.ndarray) -> dict[str, np.ndarray]:
+    """``mask`` ``(H, W)`` and ``scores`` ``(H, W, classes)`` for one uint8 ``(H, W, 3)`` image, from a ``.tflite`` file."""
     interpreter = tflite_interpreter(path)
     runner = interpreter.get_signature_runner("serving_default")
     (name,) = runner.get_input_details()  # the runner resizes the input to this image's shape
-    return runner(**{name: np.asarray(image, np.uint8)[None]})["mask"][0]
+    outputs = runner(**{name: np.asarray(image, np.uint8)[None]})
+    return {key: value[0] for key, value in outputs.items()}
+
+
+def tflite_predict(path: str | Path, image: np.ndarray) -> np.ndarray:
+    """Mask ``(H, W)`` for one uint8 ``(H, W, 3)`` image with a ``.tflite`` file from :func:`export_tflite`."""
+    return tflite_outputs(path, image)["mask"]
