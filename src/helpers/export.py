@@ -83,7 +83,7 @@ def tflite_interpreter(path: str | Path):
 
 
 def tflite_outputs(path: str | Path, image: np.ndarray) -> dict[str, np.ndarray]:
-    """``mask`` ``(H, W)`` and ``scores`` ``(H, W, classes)`` for one uint8 ``(H, W, 3)`` image, from a ``.tflite`` file."""
+    """``mask`` (H, W) and ``scores`` (H, W, classes) for one uint8 (H, W, 3) image, from a ``.tflite`` file."""
     interpreter = tflite_interpreter(path)
     runner = interpreter.get_signature_runner("serving_default")
     (name,) = runner.get_input_details()  # the runner resizes the input to this image's shape
