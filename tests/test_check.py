@@ -97,10 +97,21 @@ def test_jpeg_mask(tmp_path):
     assert any("1.jpg: is a JPEG mask" in m for m in messages)
 
 
-def test_sixteen_bit_mask(tmp_path):
+def test_sixteen_bit_mask_is_read_when_its_labels_fit_and_refused_when_not(tmp_path):
     root = make_clean(tmp_path)
-    Image.fromarray(np.zeros((6, 8), np.uint16)).save(root / "train" / "masks" / "1.png")
-    assert "16-bit mask" in only_problem(check_dataset(root)).message
+    mask = np.zeros((6, 8), np.uint16)
+    mask[0, :3] = 2
+    Image.fromarray(mask.astype(np.uint8)).save(root / "train" / "masks" / "1.png")
+    as_8_bit = check_dataset(root).splits["train"].label_counts
+    Image.fromarray(mask).save(root / "train" / "masks" / "1.png")
+    assert Image.open(root / "train" / "masks" / "1.png").mode.startswith("I")
+    report = check_dataset(root)
+    assert report.ok
+    np.testing.assert_array_equal(report.splits["train"].label_counts, as_8_bit)
+    mask[0, 0] = 300
+    Image.fromarray(mask).save(root / "train" / "masks" / "1.png")
+    problem = only_problem(check_dataset(root))
+    assert "16-bit mask with label values up to 300" in problem.message and problem.path.endswith("masks/1.png")
 
 
 def test_empty_split(tmp_path):

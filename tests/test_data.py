@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import data
+from helpers import data, imageio
 
 
 def write_dataset(root, masks, classes=("a", "b", "c"), ignore_index=255, split="train"):
@@ -69,7 +69,7 @@ def test_jpeg_mask_and_empty_split_are_refused(tmp_path):
 def test_colour_mask_is_refused_not_converted(tmp_path):
     path = tmp_path / "rgb.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
-    with pytest.raises(tf.errors.InvalidArgumentError, match="more than one channel"):
+    with pytest.raises(imageio.MaskError, match=r"rgb.png has 3 channels \(mode RGB\)"):
         data.load_mask(str(path))
 
 
@@ -189,18 +189,50 @@ def test_training_stream_works_with_seed_zero(synthetic_dir):
     np.testing.assert_array_equal(first[1].numpy(), again[1].numpy())
 
 
-def test_base_shape_keeps_the_aspect_ratio(synthetic_dir, tmp_path):
-    # the synthetic images are 240x320 (4:3): short side 64, long side 64 * 4/3 = 85.3, rounded to 80
-    assert data.base_shape(synthetic_dir, 64) == (64, 80)
-    assert data.base_shape(synthetic_dir, 256) == (256, 336)  # 341.3 -> 336
-    # portrait images, and a square one that the median outvotes
-    root = write_dataset(tmp_path, [np.zeros((60, 30), int), np.zeros((80, 40), int), np.zeros((50, 50), int)])
-    assert data.base_shape(root, 32) == (64, 32)
+def test_scaled_shape_keeps_each_images_aspect_ratio():
+    assert data.scaled_shape(240, 320, 64) == (64, 85)  # 64 * 4/3 = 85.3
+    assert data.scaled_shape(360, 480, 256) == (256, 341)
+    assert data.scaled_shape(80, 40, 32) == (64, 32)  # portrait: the width is the shorter side
+    tensor_shape = data.scaled_shape(tf.constant(80), tf.constant(40), 32)
+    assert tuple(int(v) for v in tensor_shape) == (64, 32)
+
+
+def test_mixed_portrait_and_landscape_images_are_not_squashed(tmp_path):
+    # one landscape (30x60) and one portrait (60x30) image; each keeps its own shape
+    root = write_dataset(tmp_path, [np.zeros((30, 60), int), np.ones((60, 30), int)], split="val")
+    batches = list(data.make_dataset(root, "val", 16, 2, training=False))
+    (images, masks) = batches[0]
+    assert images.shape == (2, 32, 32, 3)  # padded to the batch's largest height and width
+    np.testing.assert_array_equal(masks[0, :16, :32], 0)  # landscape: 16x32
+    np.testing.assert_array_equal(masks[0, 16:], 255)  # the rest is padding, with the ignore index
+    np.testing.assert_array_equal(masks[1, :32, :16], 1)  # portrait: 32x16
+    np.testing.assert_array_equal(masks[1, :, 16:], 255)
+
+
+def test_mixed_shapes_without_an_ignore_index_go_one_at_a_time(tmp_path):
+    root = write_dataset(tmp_path, [np.zeros((30, 60), int), np.ones((60, 30), int)], ignore_index=None, split="val")
+    shapes = [tuple(m.shape) for _, m in data.make_dataset(root, "val", 16, 2, training=False)]
+    assert shapes == [(1, 16, 32), (1, 32, 16)]
+
+
+def test_training_crops_mixed_shapes_into_squares(tmp_path):
+    root = write_dataset(tmp_path, [np.zeros((30, 60), int), np.ones((60, 30), int)])
+    images, masks = next(iter(data.make_dataset(root, "train", 16, 2, training=True)))
+    assert images.shape == (2, 16, 16, 3) and masks.shape == (2, 16, 16)
+
+
+def test_a_split_smaller_than_a_batch_gets_a_new_augmentation_for_every_copy(tmp_path):
+    rng = np.random.default_rng(0)
+    root = write_dataset(tmp_path, [rng.integers(0, 3, (40, 40)) for _ in range(2)])
+    images, _ = next(iter(data.make_dataset(root, "train", 16, 8, training=True)))
+    flat = images.numpy().reshape(8, -1)
+    distinct = {row.tobytes() for row in flat}
+    assert len(distinct) == 8, f"only {len(distinct)} distinct crops among 8 copies of 2 images"
 
 
 def test_evaluation_images_keep_their_aspect_and_training_crops_are_square(synthetic_dir):
     images, masks = next(iter(data.make_dataset(synthetic_dir, "test", 64, 2, training=False)))
-    assert images.shape == (2, 64, 80, 3) and masks.shape == (2, 64, 80)
+    assert images.shape == (2, 64, 85, 3) and masks.shape == (2, 64, 85)
     images, masks = next(iter(data.make_dataset(synthetic_dir, "train", 64, 2, training=True)))
     assert images.shape == (2, 64, 64, 3) and masks.shape == (2, 64, 64)
 

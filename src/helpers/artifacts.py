@@ -65,15 +65,28 @@ def read_json(path: str | Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
-def save_model(model, path: str | Path) -> Path:
+class ModelMismatchError(ValueError):
+    """A saved model was trained for other classes than the dataset in use."""
+
+
+def model_card_path(model_path: str | Path) -> Path:
+    """``model.json`` beside ``model.keras``: the classes the model was trained on."""
+    return Path(model_path).with_suffix(".json")
+
+
+def save_model(model, path: str | Path, classes: tuple[str, ...] | None = None) -> Path:
     """Save the model for inference, atomically: architecture and weights, no optimizer state.
 
     Adam keeps two extra copies of every weight, which would triple the file
     (about 480 MB instead of 160 MB for ResNet50 DeepLabV3+). The saved model loads
     uncompiled; call ``compile`` on it to train further. The file is written under a
     temporary name and renamed, so an interrupted save never leaves half a model.
+    ``classes`` (the dataset's class names) go to :func:`model_card_path`, so a later
+    run on another dataset can refuse the model instead of mislabelling every pixel.
     """
     path = Path(path)
+    if classes is not None:
+        write_json(model_card_path(path), {"classes": list(classes)})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-partial{path.suffix}")
     optimizer, compiled = getattr(model, "optimizer", None), getattr(model, "compiled", False)
@@ -97,8 +110,13 @@ def output_paths(output_dir: str | Path) -> dict[str, Path]:
     }
 
 
-def load_model(path: str | Path):
-    """Load a model saved by the course (its custom layers are registered by ``import helpers``)."""
+def load_model(path: str | Path, info=None):
+    """Load a model saved by the course (its custom layers are registered by ``import helpers``).
+
+    With ``info`` (the dataset's :class:`helpers.data.DatasetInfo`), a model whose number of
+    output classes, or whose recorded class names, differ from the dataset's is refused
+    with :class:`ModelMismatchError`.
+    """
     import keras
 
     from helpers import model as _model  # noqa: F401 - registers the custom layers
@@ -108,4 +126,22 @@ def load_model(path: str | Path):
         raise FileNotFoundError(
             f"{path} does not exist: train a model first (notebook 04 or `python -m helpers train`)."
         )
-    return keras.saving.load_model(path)
+    model = keras.saving.load_model(path)
+    if info is not None:
+        check_model_matches(model, path, info)
+    return model
+
+
+def check_model_matches(model, path: Path, info) -> None:
+    """Raise :class:`ModelMismatchError` if ``model`` was not trained for ``info``'s classes."""
+    outputs = int(model.output_shape[-1])
+    card = model_card_path(path)
+    trained_on = tuple(read_json(card)["classes"]) if card.is_file() else None
+    if outputs == info.num_classes and trained_on in (None, tuple(info.classes)):
+        return
+    what = f"the classes {list(trained_on)}" if trained_on else f"{outputs} classes"
+    raise ModelMismatchError(
+        f"{path} was trained on {what}, but this dataset has {info.num_classes}: {list(info.classes)}. "
+        "Train a model on this dataset (notebook 04 or `python -m helpers train`), or set DEEPLAB_OUTPUT_DIR "
+        "to the folder of a model trained on it."
+    )

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from helpers.data import SPLITS, DatasetError, DatasetInfo, read_dataset_info, scan_split
+from helpers.data import REQUIRED_SPLITS, SPLITS, DatasetError, DatasetInfo, read_dataset_info, scan_split
+from helpers.imageio import MaskError, mask_indices
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ def _open(path: Path, problems: list[Problem], what: str) -> Image.Image | None:
 
 
 def _check_mask(mask_path: Path, mask: Image.Image, image: Image.Image | None, info, problems, counts) -> None:
+    """Size, decoding and label values of one mask, decoded as training decodes it (:func:`mask_indices`)."""
+
     def report(message: str) -> None:
         problems.append(Problem(str(mask_path), message))
 
@@ -98,19 +101,15 @@ def _check_mask(mask_path: Path, mask: Image.Image, image: Image.Image | None, i
             f"is {mw}x{mh} but its image is {iw}x{ih}. "
             "Masks must have the image's size; re-export the mask or resize it with nearest neighbour."
         )
-    if info is not None and info.colors is not None:
-        _check_colour_mask(mask_path, mask, info, report, counts)
+    colors = info.colors if info is not None else None
+    try:
+        if colors is not None:
+            values = mask_indices(mask, mask_path, colors, info.ignore_color, info.ignore_index)
+        else:
+            values = mask_indices(mask, mask_path)
+    except MaskError as err:
+        report(str(err).removeprefix(str(mask_path)).lstrip(": "))
         return
-    if mask.mode in ("I;16", "I;16B", "I;16L", "I"):
-        report("is a 16-bit mask; the course reads 8-bit class indices. Save it as 8-bit PNG (mode L or P).")
-        return
-    if mask.mode not in ("L", "P", "1"):
-        report(
-            f"has {len(mask.getbands())} channels (mode {mask.mode}) where one channel of class indices "
-            "was expected. Convert colours to class indices (see data/README.md)."
-        )
-        return
-    values = np.asarray(mask, dtype=np.uint8)
     counts += np.bincount(values.ravel(), minlength=256)
     if info is None:
         return
@@ -122,29 +121,12 @@ def _check_mask(mask_path: Path, mask: Image.Image, image: Image.Image | None, i
         )
 
 
-def _check_colour_mask(mask_path: Path, mask: Image.Image, info, report, counts) -> None:
-    """Colour-coded masks: every colour must be one of ``classes.json``'s ``colors`` (or the ignore colour)."""
-    from helpers.data import colour_table
-
-    rgb = np.asarray(mask.convert("RGB"), np.int64)
-    key = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
-    keys, labels = colour_table(info)
-    found, inverse = np.unique(key, return_inverse=True)
-    unknown = [int(k) for k in found if k not in set(keys.tolist())]
-    if unknown:
-        colours = [(k // 65536, k // 256 % 256, k % 256) for k in unknown[:3]]
-        report(
-            f'has colour(s) {", ".join(str(c) for c in colours)} that are not in classes.json "colors". '
-            'Add them to "colors" (or as "ignore_color"), or fix the mask.'
-        )
-        return
-    lookup = dict(zip(keys.tolist(), labels.tolist()))
-    indices = np.array([lookup[int(k)] for k in found])[inverse.ravel()]
-    counts += np.bincount(indices, minlength=256)
-
-
 def check_dataset(data_dir: str | Path, splits=SPLITS) -> DataReport:
-    """Read every file of ``data_dir`` once and report counts, sizes, histograms and problems."""
+    """Read every file of ``data_dir`` once and report counts, sizes, histograms and problems.
+
+    train and val are required; a split folder that is absent altogether (often test) is
+    skipped and left out of the report, as datasets with only train and val are normal.
+    """
     data_dir = Path(data_dir)
     problems: list[Problem] = []
     info = None
@@ -155,6 +137,8 @@ def check_dataset(data_dir: str | Path, splits=SPLITS) -> DataReport:
         problems.append(Problem(where, message[len(where) :].lstrip(": ") if message.startswith(where) else message))
     reports = {}
     for split in splits:
+        if split not in REQUIRED_SPLITS and not (data_dir / split).exists():
+            continue
         report = reports[split] = SplitReport()
         scan = scan_split(data_dir, split)
         problems += [Problem(str(path), message) for path, message in scan.problems]

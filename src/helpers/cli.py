@@ -116,7 +116,7 @@ def cmd_evaluate(args) -> int:
 
     settings = _settings(args)
     result = evaluate(settings, split=args.split, tta=args.tta)
-    print(f"{args.split}: mIoU {result.scores.miou:.4f}, pixel accuracy {result.scores.pixel_accuracy:.4f}")
+    print(f"{result.split}: mIoU {result.scores.miou:.4f}, pixel accuracy {result.scores.pixel_accuracy:.4f}")
     for name, iou in zip(result.classes, result.scores.per_class_iou):
         print(f"  {name:<14} {'absent' if iou != iou else f'{iou:.4f}'}")
     print(f"Metrics: {metrics_path(settings)}")
@@ -126,10 +126,10 @@ def cmd_evaluate(args) -> int:
 def cmd_export(args) -> int:
     from pathlib import Path
 
-    from helpers import artifacts, export
+    from helpers import export
 
     settings = _settings(args)
-    model = artifacts.load_model(args.model or artifacts.output_paths(settings.output_dir)["model"])
+    model = _load_trained_model(args, settings)
     target = Path(args.target)
     saved = export.export_saved_model(model, target / "saved_model")
     plain = export.export_tflite(saved, target / "model.tflite")
@@ -141,12 +141,18 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
+def _load_trained_model(args, settings):
+    """``--model``, or the output directory's model (predicting and exporting need no dataset)."""
     from helpers import artifacts
+
+    return artifacts.load_model(args.model or artifacts.output_paths(settings.output_dir)["model"])
+
+
+def cmd_predict(args) -> int:
     from helpers.predict import predict_folder
 
     settings = _settings(args)
-    model = artifacts.load_model(args.model or artifacts.output_paths(settings.output_dir)["model"])
+    model = _load_trained_model(args, settings)
     size = None if args.native_size else settings.image_size
     report = predict_folder(model, args.input, args.output, size)
     print(report.format().replace("mask(s).", f"mask(s) to {args.output}.", 1))
@@ -200,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score the trained model and write metrics.json")
     p.add_argument("--tta", default="none", choices=["none", "flip", "multiscale"], help="test-time augmentation")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument(
+        "--split",
+        default=None,
+        choices=["train", "val", "test"],
+        help="default: test, or val if there is no test split",
+    )
     _add_setting_flags(p, everything)
     p.set_defaults(func=cmd_evaluate)
 

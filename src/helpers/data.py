@@ -6,9 +6,12 @@ Layout::
     DATA_DIR/<split>/images/<stem>.png|.jpg
     DATA_DIR/<split>/masks/<stem>.png   single channel, one class index per pixel
 
-Images are resized bilinearly, masks with nearest neighbour (bilinear would
-invent labels between two classes). Training adds joint image/mask augmentation
-and shuffles; every split is cached after decoding and prefetched.
+Every image is scaled by its own shorter side (aspect ratio kept), bilinearly with
+antialiasing, by the one function that training, evaluation and prediction share
+(:func:`resize_image`); masks with nearest neighbour (bilinear would invent labels
+between two classes). Images and masks are read by :mod:`helpers.imageio`, the same
+readers ``check-data`` uses. Training adds joint image/mask augmentation and
+shuffles; every split is cached after decoding and prefetched.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from helpers import imageio
+
 SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "val")  # a dataset without a test split is normal: evaluate on val then
+MAX_TRAIN_SCALE = 2.0  # the largest zoom of training augmentation: images are cached with that much detail
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_SUFFIX = ".png"
 
@@ -105,11 +112,7 @@ def _read_colors(path: Path, raw: dict, classes: list, ignore: int | None):
 
 def colour_table(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
     """Keys ``r * 65536 + g * 256 + b`` of every known colour, and the label each one maps to."""
-    pairs = [(c, i) for i, c in enumerate(info.colors)]
-    if info.ignore_color is not None:
-        pairs.append((info.ignore_color, info.ignore_index))
-    keys = np.array([r * 65536 + g * 256 + b for (r, g, b), _ in pairs], np.int64)
-    return keys, np.array([label for _, label in pairs], np.int64)
+    return imageio.colour_keys(info.colors, info.ignore_color, info.ignore_index)
 
 
 @dataclass
@@ -165,72 +168,72 @@ def list_pairs(data_dir: str | Path, split: str) -> tuple[list[str], list[str]]:
     return [str(image) for image, _ in scan.pairs], [str(mask) for _, mask in scan.pairs]
 
 
-def load_image(path: tf.Tensor) -> tf.Tensor:
-    """Decode a PNG or JPEG file to ``(H, W, 3)`` uint8; grayscale and RGBA become RGB."""
-    return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-
-
-def load_mask(path: tf.Tensor, info: DatasetInfo | None = None) -> tf.Tensor:
-    """Decode a PNG mask to ``(H, W, 1)`` uint8 class indices.
-
-    Index masks must be single-channel; colour masks are refused unless ``info.colors``
-    says which colour is which class, and then any other colour is an error naming it.
-    """
+def read_mask(path: str | Path, info: DatasetInfo | None = None) -> np.ndarray:
+    """A mask file as ``(H, W)`` uint8 class indices, read as ``check-data`` reads it (:func:`imageio.read_mask`)."""
     if info is not None and info.colors is not None:
-        return _colour_mask_to_indices(path, info)
-    mask = tf.io.decode_png(tf.io.read_file(path), channels=0, dtype=tf.uint8)
-    tf.debugging.assert_equal(
-        tf.shape(mask)[-1], 1, message=tf.strings.join(["mask has more than one channel: ", path])
-    )
-    return mask
+        return imageio.read_mask(path, info.colors, info.ignore_color, info.ignore_index)
+    return imageio.read_mask(path)
 
 
-def _colour_mask_to_indices(path, info: DatasetInfo) -> tf.Tensor:
-    keys, labels = colour_table(info)
-    rgb = tf.cast(tf.io.decode_png(tf.io.read_file(path), channels=3), tf.int64)
-    key = rgb[..., 0] * 65536 + rgb[..., 1] * 256 + rgb[..., 2]
-    matches = tf.equal(key[..., None], tf.constant(keys))
-    known = tf.reduce_any(matches, axis=-1)
-    unknown = tf.boolean_mask(rgb, tf.logical_not(known))[:1]
-    tf.debugging.Assert(
-        tf.reduce_all(known),
-        ["colour not in classes.json colors:", path, "RGB", unknown],
-    )
-    index = tf.gather(tf.constant(labels), tf.argmax(tf.cast(matches, tf.int32), axis=-1))
-    return tf.cast(index, tf.uint8)[..., None]
+def load_image(path) -> tf.Tensor:
+    """An image file as an ``(H, W, 3)`` uint8 tensor: upright RGB, whatever its mode (see :mod:`helpers.imageio`)."""
+    return tf.constant(imageio.read_image(_text(path)))
+
+
+def load_mask(path, info: DatasetInfo | None = None) -> tf.Tensor:
+    """A mask file as an ``(H, W, 1)`` uint8 tensor of class indices (see :func:`read_mask`)."""
+    return tf.constant(read_mask(_text(path), info)[..., None])
+
+
+def _text(path) -> str:
+    if isinstance(path, tf.Tensor):
+        path = path.numpy()
+    return path.decode() if isinstance(path, bytes) else str(path)
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
+def scaled_shape(height, width, short_side):
+    """``(height, width)`` with the shorter side scaled to ``short_side``, aspect ratio kept.
+
+    Works on Python numbers and on tensors alike. Every image is scaled by its own
+    shorter side: squashing a 4:3 road scene, or a portrait photo, into one common
+    shape would make poles and pedestrians thinner than in the photos the model will
+    later be shown.
+    """
+    if isinstance(height, int | np.integer) and isinstance(width, int | np.integer):
+        scale = short_side / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    height, width = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+    scale = tf.cast(short_side, tf.float32) / tf.minimum(height, width)
+    new_h = tf.maximum(1, tf.cast(tf.round(height * scale), tf.int32))
+    return new_h, tf.maximum(1, tf.cast(tf.round(width * scale), tf.int32))
+
+
+def scale_image(image: tf.Tensor, size) -> tf.Tensor:
+    """Bilinear resize of a float image (or batch) to ``size``, antialiased so shrinking does not alias.
+
+    The one image resize of the course: training, evaluation and prediction all call it.
+    """
+    return tf.image.resize(tf.cast(image, tf.float32), _hw(size) if isinstance(size, int) else size, antialias=True)
+
+
 def resize_image(image: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
-    """Bilinear resize to ``size`` (a side, for a square, or ``(height, width)``); values stay 0-255, as uint8."""
-    resized = tf.image.resize(tf.cast(image, tf.float32), _hw(size), method="bilinear")
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    """:func:`scale_image` to ``size`` (a side, for a square, or ``(height, width)``), back to uint8 0-255."""
+    return tf.cast(tf.clip_by_value(tf.round(scale_image(image, size)), 0, 255), tf.uint8)
 
 
 def resize_mask(mask: tf.Tensor, size: int | tuple[int, int]) -> tf.Tensor:
     """Nearest-neighbour resize: every output label is copied from the input, none invented."""
-    return tf.image.resize(mask, _hw(size), method="nearest")
+    return tf.image.resize(mask, _hw(size) if isinstance(size, int) else size, method="nearest")
 
 
-def base_shape(data_dir: str | Path, image_size: int) -> tuple[int, int]:
-    """``(height, width)`` every image is resized to before augmentation and evaluation.
-
-    The short side becomes ``image_size`` and the long side keeps the training
-    images' typical (median) aspect ratio, rounded to a multiple of 16. Squashing a
-    4:3 road scene into a square would make every pole and pedestrian thinner than
-    in the photos the model will later be shown. Read from the image headers only.
-    """
-    aspects = []
-    for image_path in list_pairs(data_dir, "train")[0]:
-        with Image.open(image_path) as image:
-            width, height = image.size
-        aspects.append(width / height)
-    aspect = float(np.median(aspects))
-    long_side = max(image_size, 16 * round(image_size * max(aspect, 1 / aspect) / 16))
-    return (image_size, long_side) if aspect >= 1 else (long_side, image_size)
+def prepare_image(image: tf.Tensor, image_size: int) -> tf.Tensor:
+    """What the network sees of a whole image: shorter side scaled to ``image_size``, as float32 0-255."""
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    return scale_image(image, scaled_shape(height, width, image_size))
 
 
 def augment_pair(
@@ -256,12 +259,9 @@ def augment_pair(
         low = max(low, 1.0)
     scale = tf.random.stateless_uniform([], seeds[0], low, high)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
-    # scale the shorter side to size * scale, keeping the aspect ratio
-    factor = size * scale / tf.cast(tf.minimum(height, width), tf.float32)
-    new_h = tf.cast(tf.round(tf.cast(height, tf.float32) * factor), tf.int32)
-    new_w = tf.cast(tf.round(tf.cast(width, tf.float32) * factor), tf.int32)
-    image = tf.image.resize(tf.cast(image, tf.float32), (new_h, new_w), method="bilinear")
-    mask = tf.cast(tf.image.resize(mask, (new_h, new_w), method="nearest"), tf.float32)
+    new_h, new_w = scaled_shape(height, width, size * scale)
+    image = scale_image(image, (new_h, new_w))
+    mask = tf.cast(resize_mask(mask, (new_h, new_w)), tf.float32)
     pad_h, pad_w = tf.maximum(size - new_h, 0), tf.maximum(size - new_w, 0)
     image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=0.0)
     mask = tf.pad(mask, [[0, pad_h], [0, pad_w], [0, 0]], constant_values=float(pad_label or 0))
@@ -288,74 +288,117 @@ def make_dataset(
     seed: int = 42,
     info: DatasetInfo | None = None,
     cache: bool = True,
-    class_weights: np.ndarray | None = None,
     limit: int | None = None,
     first_epoch: int = 0,
 ) -> tf.data.Dataset:
     """Batches of ``(images float32 (B,H,W,3) in 0-255, masks int32 (B,H,W))``.
 
-    Every image is first resized to :func:`base_shape` (short side ``image_size``,
-    aspect ratio kept). Evaluation (``training=False``): those whole images, once, in
-    file order, cached after the first pass, the last partial batch kept.
-    Training: square ``image_size`` crops (``H = W = image_size``).
+    Evaluation (``training=False``): whole images, each scaled so its shorter side is
+    ``image_size`` (:func:`prepare_image`, as prediction does), once, in file order,
+    cached after the first pass, the last partial batch kept. Images of different shapes
+    share a batch padded with the ignore index (pixels that no score counts).
 
-    Training: an endless stream of epochs, each :func:`steps_per_epoch` batches, with
-    a new shuffle every epoch (the reference tutorial never shuffles) and random
-    augmentation, decoded once and cached. Every random choice is a function of ``(seed, epoch, position)``,
-    so ``first_epoch=k`` starts exactly where an uninterrupted run's epoch ``k``
-    starts: that is what lets an interrupted training resume bit for bit.
-    ``class_weights`` adds a third element, per-pixel weights (0 on ignored pixels).
+    Training: an endless stream of epochs of square ``image_size`` crops (see
+    :func:`training_stream`), each :func:`steps_per_epoch` batches.
     """
     info = info or read_dataset_info(data_dir)
     images, masks = list_pairs(data_dir, split)
     if limit is not None:
         images, masks = images[:limit], masks[:limit]
-    autotune = tf.data.AUTOTUNE
+    pairs = tf.data.Dataset.from_tensor_slices((images, masks))
+    pairs = pairs.map(lambda i, m: read_pair(i, m, info), num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        return training_stream(pairs, len(images), image_size, batch_size, seed, info.pad_label, cache, first_epoch)
+    return evaluation_batches(pairs, image_size, batch_size, info.ignore_index, cache, _same_shapes(images))
 
-    shape = base_shape(data_dir, image_size)
 
-    def load(image_path, mask_path):
-        return resize_image(load_image(image_path), shape), resize_mask(load_mask(mask_path, info), shape)
+def read_pair(image_path: tf.Tensor, mask_path: tf.Tensor, info: DatasetInfo) -> tuple[tf.Tensor, tf.Tensor]:
+    """A tf.data step: ``(image uint8 (H,W,3), mask uint8 (H,W,1))`` read by the readers ``check-data`` uses."""
 
-    def finish(image, mask):
-        image, mask = tf.cast(image, tf.float32), tf.cast(mask[..., 0], tf.int32)
-        if class_weights is None:
-            return image, mask
-        return image, mask, pixel_weights(mask, tf.constant(np.asarray(class_weights, np.float32)), info.ignore_index)
+    def read(image_file: bytes, mask_file: bytes):
+        return imageio.read_image(image_file.decode()), read_mask(mask_file.decode(), info)[..., None]
 
-    if not training:
-        ds = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=autotune)
-        if cache:
-            ds = ds.cache()
-        return ds.map(finish, num_parallel_calls=autotune).batch(batch_size).prefetch(autotune)
+    image, mask = tf.numpy_function(read, [image_path, mask_path], [tf.uint8, tf.uint8], stateful=False)
+    image.set_shape([None, None, 3])
+    mask.set_shape([None, None, 1])
+    return image, mask
 
-    count, steps = len(images), steps_per_epoch(len(images), batch_size)
-    # the whole split as one element: decoded once and cached, so each epoch can take it in any order
-    decoded = tf.data.Dataset.from_tensor_slices((images, masks)).map(load, num_parallel_calls=autotune)
-    decoded = decoded.batch(count)
+
+def evaluation_batches(pairs, image_size, batch_size, ignore_index, cache=True, same_shapes=True) -> tf.data.Dataset:
+    """Whole images scaled by their shorter side, batched; mixed shapes are padded with ``ignore_index``."""
+
+    def scale(image, mask):
+        shape = scaled_shape(tf.shape(image)[0], tf.shape(image)[1], image_size)
+        return prepare_image(image, image_size), tf.cast(resize_mask(mask, shape)[..., 0], tf.int32)
+
+    ds = pairs.map(scale, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    if ignore_index is not None:
+        ds = ds.padded_batch(batch_size, padding_values=(0.0, ignore_index))
+    else:  # nothing to pad with: images of different shapes go one at a time
+        ds = ds.batch(batch_size if same_shapes else 1)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _same_shapes(image_paths: list[str]) -> bool:
+    """Whether every image has the same size (read from the file headers only)."""
+    sizes = set()
+    for path in image_paths:
+        with Image.open(path) as image:
+            sizes.add(image.size)
+    return len(sizes) <= 1
+
+
+def training_stream(pairs, count, image_size, batch_size, seed, pad_label, cache=True, first_epoch=0):
+    """An endless stream of epochs of augmented ``image_size`` crops, reproducible by ``(seed, epoch)``.
+
+    The split is decoded once and cached as one padded batch (each image with its own
+    shape, at no more than the detail the largest zoom needs), so each epoch can take it
+    in a new order: the reference tutorial never shuffles. Every random choice is a
+    function of ``(seed, epoch, position)``, so ``first_epoch=k`` starts exactly where an
+    uninterrupted run's epoch ``k`` starts: that is what lets an interrupted training
+    resume bit for bit. A split smaller than a batch is repeated with a new augmentation
+    for every copy.
+    """
+    steps = steps_per_epoch(count, batch_size)
+    detail = round(MAX_TRAIN_SCALE * image_size)
+
+    def shrink(image, mask):  # never enlarge: upsampling adds no detail, only memory
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        shape = scaled_shape(height, width, tf.minimum(detail, tf.minimum(height, width)))
+        return resize_image(image, shape), resize_mask(mask, shape), tf.stack(shape)
+
+    decoded = pairs.map(shrink, num_parallel_calls=tf.data.AUTOTUNE).padded_batch(count)
     if cache:
         decoded = decoded.cache()
 
     def one_epoch(epoch):
-        # stateless: the permutation depends on (seed, epoch) only, never on a global random state
-        order = tf.argsort(tf.random.stateless_uniform([count], tf.stack([tf.constant(seed, tf.int64), epoch])))
-        ds = decoded.flat_map(
-            lambda all_images, all_masks: tf.data.Dataset.from_tensor_slices(
-                (tf.gather(all_images, order), tf.gather(all_masks, order))
+        epoch_key = tf.stack([tf.constant(seed, tf.int64), epoch])
+        order = tf.argsort(tf.random.stateless_uniform([count], epoch_key))  # stateless: (seed, epoch) only
+        shuffled = decoded.flat_map(
+            lambda images, masks, shapes: tf.data.Dataset.from_tensor_slices(
+                (tf.gather(images, order), tf.gather(masks, order), tf.gather(shapes, order))
             )
-        ).enumerate()
+        )
 
-        def augment(position, pair):
-            key = tf.random.experimental.stateless_fold_in(tf.stack([tf.constant(seed, tf.int64), epoch]), position)
-            seeds = tf.random.experimental.stateless_split(key, 4)
-            return finish(*augment_pair(pair[0], pair[1], seeds, image_size, info.pad_label))
+        def augment(position, element):
+            image, mask, shape = element
+            seeds = tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in(epoch_key, position), 4
+            )
+            image, mask = image[: shape[0], : shape[1]], mask[: shape[0], : shape[1]]
+            image, mask = augment_pair(image, mask, seeds, image_size, pad_label)
+            return image, tf.cast(mask[..., 0], tf.int32)
 
-        ds = ds.map(augment, num_parallel_calls=autotune)
+        # positions count after the repeat, so every copy of a small split gets its own augmentation
+        ds = shuffled.repeat().take(steps * batch_size).enumerate()
+        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
         # an epoch never shares a batch with the next one, even with fewer images than a batch
-        return ds.repeat().take(steps * batch_size).batch(batch_size, drop_remainder=True)
+        return ds.batch(batch_size, drop_remainder=True)
 
     epochs = tf.data.Dataset.range(first_epoch, 2**62)
-    return epochs.flat_map(one_epoch).prefetch(autotune)
+    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def pixel_weights(mask: tf.Tensor, class_weights: tf.Tensor, ignore_index: int | None) -> tf.Tensor:
@@ -374,7 +417,7 @@ def class_pixel_counts(data_dir: str | Path, split: str = "train", info: Dataset
     _, masks = list_pairs(data_dir, split)
     counts = np.zeros(256, np.int64)
     for path in masks:
-        counts += np.bincount(load_mask(path, info).numpy().ravel(), minlength=256)
+        counts += np.bincount(read_mask(path, info).ravel(), minlength=256)
     return counts[: info.num_classes]
 
 

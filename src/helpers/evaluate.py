@@ -7,12 +7,14 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from helpers import artifacts, data
 from helpers.config import Settings
+from helpers.imageio import read_image
 from helpers.metrics import ConfusionMatrix, SegmentationScores, per_batch_mean_iou
-from helpers.predict import predict_scores
+from helpers.predict import TTA_MODES, predict_mask, tta_probabilities
+
+__all__ = ["TTA_MODES", "Evaluation", "default_split", "evaluate", "evaluate_model", "tta_probabilities"]
 
 
 @dataclass
@@ -35,69 +37,65 @@ class Evaluation:
         }
 
 
-TTA_MODES = {  # test-time augmentation: (horizontal flip?, scales)
-    "none": (False, (1.0,)),
-    "flip": (True, (1.0,)),
-    "multiscale": (True, (0.75, 1.0, 1.25)),
-}
-
-
-def tta_probabilities(model: keras.Model, images, mode: str = "none") -> np.ndarray:
-    """Class probabilities for ``images``, averaged over flipped and rescaled copies (``TTA_MODES``).
-
-    Each copy's prediction is mapped back (unflipped, resized to the input's size)
-    before averaging, so every view votes on the same pixel. Cost: one forward pass
-    per view (1, 2 or 6), at the view's size.
-    """
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta={mode!r} is not a mode; use one of {', '.join(TTA_MODES)}.")
-    flip, scales = TTA_MODES[mode]
-    images = tf.convert_to_tensor(images, tf.float32)
-    height, width = int(images.shape[1]), int(images.shape[2])
-    total, views = 0.0, 0
-    for scale in scales:
-        size = (max(16, round(height * scale)), max(16, round(width * scale)))
-        scaled = images if scale == 1.0 else tf.image.resize(images, size, method="bilinear")
-        for flipped in (False, True) if flip else (False,):
-            view = tf.reverse(scaled, axis=[2]) if flipped else scaled
-            probabilities = tf.nn.softmax(predict_scores(model, view))
-            if flipped:
-                probabilities = tf.reverse(probabilities, axis=[2])
-            if scale != 1.0:
-                probabilities = tf.image.resize(probabilities, (height, width), method="bilinear")
-            total, views = total + probabilities, views + 1
-    return (total / views).numpy()
+def default_split(data_dir: str | Path) -> str:
+    """``"test"`` if the dataset has a test split, else ``"val"`` (many datasets ship only train and val)."""
+    return "test" if (Path(data_dir) / "test" / "images").is_dir() else "val"
 
 
 def evaluate_model(
-    model: keras.Model, dataset, info: data.DatasetInfo, split: str = "test", tta: str = "none"
+    model: keras.Model,
+    data_dir: str | Path,
+    info: data.DatasetInfo,
+    image_size: int | None,
+    split: str = "test",
+    tta: str = "none",
+    batch_size: int = 8,
 ) -> Evaluation:
-    """Run ``model`` over ``dataset`` once; accumulate one confusion matrix for the whole split.
+    """Score ``model`` on every image of ``split`` at the mask's native resolution, in one confusion matrix.
 
-    Also reports the reference tutorial's per-batch average on the same
-    predictions, so the two can be compared. ``tta`` picks test-time augmentation.
+    Each image goes through :func:`helpers.predict.predict_mask` (scaled so its shorter
+    side is ``image_size``, scores resized back to the mask's own size), so the number is
+    what a user of ``predict`` gets, and thin structures are judged at the resolution they
+    were labelled at. Also reports the reference tutorial's per-batch average (batches of
+    ``batch_size`` consecutive images) on the same predictions, so the two can be compared.
     """
+    images, masks = data.list_pairs(data_dir, split)
     matrix = ConfusionMatrix(info.num_classes, info.ignore_index)
-    batch_scores, count = [], 0
-    for images, masks in dataset:
-        predicted = np.argmax(tta_probabilities(model, images, tta), axis=-1)
-        masks = np.asarray(masks)
-        matrix.update(masks, predicted)
-        batch_scores.append(per_batch_mean_iou(masks, predicted, info.num_classes))
-        count += len(masks)
-    return Evaluation(matrix.scores(), matrix.matrix.copy(), float(np.mean(batch_scores)), count, split, info.classes)
+    batch_scores, batch = [], []
+    for image_path, mask_path in zip(images, masks):
+        truth = data.read_mask(mask_path, info)
+        predicted = predict_mask(model, read_image(image_path), image_size, tta)
+        matrix.update(truth, predicted)
+        batch.append((truth.ravel(), predicted.ravel()))
+        if len(batch) == batch_size or mask_path == masks[-1]:
+            truths, predictions = (np.concatenate(part) for part in zip(*batch))
+            batch_scores.append(per_batch_mean_iou(truths, predictions, info.num_classes))
+            batch = []
+    return Evaluation(
+        matrix.scores(), matrix.matrix.copy(), float(np.mean(batch_scores)), len(images), split, info.classes
+    )
 
 
 def evaluate(
-    settings: Settings, model: keras.Model | None = None, split: str = "test", write: bool = True, tta: str = "none"
+    settings: Settings,
+    model: keras.Model | None = None,
+    split: str | None = None,
+    write: bool = True,
+    tta: str = "none",
 ) -> Evaluation:
-    """Evaluate the trained model (or ``model``) on ``split`` and write ``metrics.json``."""
+    """Evaluate the trained model (or ``model``) on ``split`` and write ``metrics.json``.
+
+    ``split=None`` takes the test split, or val for a dataset without one (and says so).
+    """
     data_dir = data.ensure_data(settings)
     info = data.read_dataset_info(data_dir)
+    if split is None:
+        split = default_split(data_dir)
+        if split == "val":
+            print(f"{data_dir} has no test split, so the model is evaluated on the validation split.")
     paths = artifacts.output_paths(settings.output_dir)
-    model = model or artifacts.load_model(paths["model"])
-    dataset = data.make_dataset(data_dir, split, settings.image_size, settings.batch_size, False, settings.seed, info)
-    result = evaluate_model(model, dataset, info, split, tta)
+    model = model or artifacts.load_model(paths["model"], info)
+    result = evaluate_model(model, data_dir, info, settings.image_size, split, tta, settings.batch_size)
     if write:
         artifacts.write_json(paths["metrics"], {**result.as_dict(), "tta": tta})
     return result

@@ -15,7 +15,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
+
+from helpers.data import scale_image, scaled_shape
+from helpers.imageio import ImageReadError, read_image, to_rgb8
+
+__all__ = ["ImageReadError", "read_image", "to_rgb8", "predict_mask", "predict_folder", "predict_scores", "tta_probabilities", "TTA_MODES"]
 
 # Native-size predictions are bounded: a 4000x6000 photo would need tens of GB of
 # feature maps at full resolution. Bigger images are shrunk to this longest side
@@ -24,63 +29,16 @@ MAX_SIDE = 2048
 MIN_SIDE = 32
 
 
-class ImageReadError(ValueError):
-    """A file that cannot be used as an input image; the message names it and says why."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as ``(H, W, 3)`` uint8 RGB, upright.
-
-    EXIF orientation is applied (phone photos come out the right way up); grayscale,
-    palette, RGBA and 16-bit images are converted. Anything else raises
-    :class:`ImageReadError` naming the file.
-    """
-    path = Path(path)
-    try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            image.load()
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file.") from None
-    except UnidentifiedImageError:
-        raise ImageReadError(
-            f"{path} is not an image file (PIL cannot identify it). Predict on PNG, JPEG, BMP, TIFF or WebP images."
-        ) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"{path} could not be decoded ({err}); the file may be truncated or corrupt.") from None
-    return to_rgb8(image, path)
-
-
-def to_rgb8(image: Image.Image, name: str | Path = "image") -> np.ndarray:
-    """A PIL image of any common mode as ``(H, W, 3)`` uint8 RGB."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
-        if image.mode == "F":
-            top = max(float(values.max()), 1e-12)
-        gray = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(gray[..., None], 3, axis=-1)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # transparent pixels become white, as most viewers show them
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image.convert("RGBA"))
-    rgb = np.asarray(image.convert("RGB"))
-    if rgb.ndim != 3 or rgb.shape[-1] != 3 or min(rgb.shape[:2]) < 1:
-        raise ImageReadError(f"{name}: could not convert mode {image.mode} with size {image.size} to RGB.")
-    return rgb
-
-
 def network_size(height: int, width: int, image_size: int | None) -> tuple[int, int]:
     """The size the image is resized to before the network sees it.
 
     ``image_size`` (the training crop size) scales the shorter side to it, as the
-    training pipeline does (:func:`helpers.data.base_shape`); ``None`` keeps the image's
-    own size, shrunk to at most ``MAX_SIDE`` and enlarged to at least ``MIN_SIDE``.
-    Either way the aspect ratio is kept.
+    training and evaluation pipelines do (:func:`helpers.data.scaled_shape`); ``None``
+    keeps the image's own size, shrunk to at most ``MAX_SIDE`` and enlarged to at least
+    ``MIN_SIDE``. Either way the aspect ratio is kept.
     """
     if image_size is not None:
-        scale = image_size / min(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
+        return scaled_shape(height, width, image_size)
     scale = min(1.0, MAX_SIDE / max(height, width))
     scale = max(scale, MIN_SIDE / min(height, width))
     return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
@@ -105,23 +63,57 @@ def predict_scores(model: keras.Model, images) -> tf.Tensor:
     return tf.cast(function(tf.convert_to_tensor(images, tf.float32)), tf.float32)
 
 
-def predict_mask(model: keras.Model, image: np.ndarray, image_size: int | None = None) -> np.ndarray:
+TTA_MODES = {  # test-time augmentation: (horizontal flip?, scales)
+    "none": (False, (1.0,)),
+    "flip": (True, (1.0,)),
+    "multiscale": (True, (0.75, 1.0, 1.25)),
+}
+
+
+def tta_probabilities(model: keras.Model, images, mode: str = "none") -> tf.Tensor:
+    """Class probabilities for a batch, averaged over the flipped and rescaled views of ``mode``.
+
+    Each view's prediction is mapped back (unflipped, resized to the input's size)
+    before averaging, so every view votes on the same pixel. Cost: one forward pass
+    per view (1, 2 or 6 of :data:`TTA_MODES`), at the view's size.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta={mode!r} is not a mode; use one of {', '.join(TTA_MODES)}.")
+    images = tf.convert_to_tensor(images, tf.float32)
+    flip, scales = TTA_MODES[mode]
+    height, width = int(images.shape[1]), int(images.shape[2])
+    total, views = 0.0, 0
+    for scale in scales:
+        size = (max(16, round(height * scale)), max(16, round(width * scale)))
+        scaled = images if scale == 1.0 else scale_image(images, size)
+        for flipped in (False, True) if flip else (False,):
+            view = tf.reverse(scaled, axis=[2]) if flipped else scaled
+            probabilities = tf.nn.softmax(predict_scores(model, view))
+            if flipped:
+                probabilities = tf.reverse(probabilities, axis=[2])
+            if scale != 1.0:
+                probabilities = tf.image.resize(probabilities, (height, width), method="bilinear")
+            total, views = total + probabilities, views + 1
+    return total / views
+
+
+def predict_mask(model: keras.Model, image: np.ndarray, image_size: int | None = None, tta: str = "none") -> np.ndarray:
     """Class index per pixel of ``image`` (``(H, W, 3)``, 0-255), at the image's own size.
 
-    The image is resized to :func:`network_size`, and the *scores* are resized back
-    to ``H x W`` bilinearly before the argmax: resizing the argmax'ed mask instead
-    gives blocky, shifted edges. The scores are enlarged one class at a time, so a
-    40-megapixel photo needs a few hundred MB, not gigabytes.
+    The image is resized to :func:`network_size` with :func:`helpers.data.scale_image`
+    (the resize training and evaluation use), and the *scores* are resized back to
+    ``H x W`` bilinearly before the argmax: resizing the argmax'ed mask instead gives
+    blocky, shifted edges. The scores are enlarged one class at a time, so a
+    40-megapixel photo needs a few hundred MB, not gigabytes. Evaluation scores masks
+    made by this very function, so what is measured is what a user gets.
     """
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(f"Expected an (H, W, 3) RGB image, got shape {image.shape}. Use read_image() to convert.")
     height, width = image.shape[:2]
-    batch = tf.convert_to_tensor(image[None], tf.float32)
     size = network_size(height, width, image_size)
-    if size != (height, width):
-        batch = tf.image.resize(batch, size, method="bilinear", antialias=size[0] < height)
-    scores = predict_scores(model, batch)
+    batch = scale_image(image[None], size) if size != (height, width) else tf.constant(image[None], tf.float32)
+    scores = tta_probabilities(model, batch, tta)
     if tuple(scores.shape[1:3]) == (height, width):
         return np.argmax(scores[0].numpy(), axis=-1).astype(np.uint8)
     best = np.full((height, width), -np.inf, np.float32)

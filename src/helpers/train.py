@@ -25,9 +25,42 @@ from helpers.config import Settings
 from helpers.model import build_deeplabv3_plus
 
 
-def make_loss(ignore_index: int | None) -> keras.losses.Loss:
-    """Per-pixel cross-entropy on logits; pixels labelled ``ignore_index`` contribute nothing."""
+def make_loss(ignore_index: int | None, class_weights=None) -> keras.losses.Loss:
+    """Per-pixel cross-entropy on logits; pixels labelled ``ignore_index`` contribute nothing.
+
+    ``class_weights`` (one per class) gives :class:`ClassWeightedCrossEntropy`: the weights
+    act on the loss only, so the mIoU reported during training stays the plain one.
+    """
+    if class_weights is not None:
+        return ClassWeightedCrossEntropy(class_weights, ignore_index)
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_index)
+
+
+class ClassWeightedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy where a pixel of class ``c`` weighs ``class_weights[c]``: the weighted mean over the batch.
+
+    Written here because Keras's ``class_weight`` argument to ``fit`` does not take
+    per-pixel targets, and ``sample_weight`` would also weight the training metrics.
+    """
+
+    def __init__(self, class_weights, ignore_index: int | None = None, name: str = "weighted_cross_entropy"):
+        super().__init__(name=name, reduction="sum")
+        self.class_weights = [float(w) for w in class_weights]
+        self.ignore_index = ignore_index
+
+    def call(self, y_true, y_pred):
+        table = tf.constant(self.class_weights, tf.float32)
+        y_true = tf.cast(y_true, tf.int32)
+        valid = (y_true >= 0) & (y_true < len(self.class_weights))
+        if self.ignore_index is not None:
+            valid &= y_true != self.ignore_index
+        safe = tf.where(valid, y_true, 0)
+        weights = tf.where(valid, tf.gather(table, safe), 0.0)
+        losses = keras.losses.sparse_categorical_crossentropy(safe, tf.cast(y_pred, tf.float32), from_logits=True)
+        return weights * losses / tf.maximum(tf.reduce_sum(weights), 1e-12)
+
+    def get_config(self) -> dict:
+        return {"class_weights": self.class_weights, "ignore_index": self.ignore_index, "name": self.name}
 
 
 def make_miou_metric(num_classes: int, ignore_index: int | None) -> keras.metrics.Metric:
@@ -44,31 +77,38 @@ def poly_learning_rate(progress: float, base_lr: float, warmup: float = 0.05, po
 
 
 class PolyLearningRate(keras.callbacks.Callback):
-    """Sets the learning rate before every step from the progress of training.
+    """Sets the learning rate before every step from the optimizer's step count over the steps planned.
 
-    Progress is steps done over steps planned or, with a wall-time cap, time used
-    over time allowed, whichever is further: the schedule always reaches its end.
-    ``step`` and ``clock`` are part of the resumable state, so a resumed run picks
-    the schedule up where it stopped.
+    Without a time cap the plan is ``epochs x steps per epoch``. With one, the plan is
+    re-estimated before every step from the measured time per step (validation
+    included): steps done plus the steps the remaining time allows. So warm-up and
+    decay happen in steps on every machine, fast or slow, and the decay still ends
+    when the time does. The step count is the optimizer's, which a resumed run restores.
     """
 
     def __init__(self, base_lr: float, total_steps: int, clock: TrainingClock | None = None) -> None:
         super().__init__()
         self.base_lr, self.total_steps, self.clock = base_lr, max(total_steps, 1), clock
-        self.step = 0
+        self.calls = 0  # steps seen by this process
+        self.reference: tuple[int, float] = (0, 0.0)  # (step, seconds) where this process started measuring
+
+    def planned_steps(self, step: int) -> int:
+        """The step count the schedule runs to, as estimated before ``step``."""
+        self.calls += 1
+        if self.clock is None or not self.clock.limit_s:
+            return self.total_steps
+        now = self.clock.elapsed()
+        if self.calls <= 2:  # the first step traces the graph: measure from the second on
+            self.reference = (step, now)
+            return self.total_steps
+        seconds_per_step = (now - self.reference[1]) / (step - self.reference[0])
+        remaining = max(self.clock.limit_s - now, 0.0) / max(seconds_per_step, 1e-9)
+        return int(min(self.total_steps, step + 1 + remaining))
 
     def on_train_batch_begin(self, batch, logs=None):
-        progress = self.step / self.total_steps
-        if self.clock is not None and self.clock.limit_s:
-            progress = max(progress, self.clock.elapsed() / self.clock.limit_s)
-        self.model.optimizer.learning_rate.assign(poly_learning_rate(progress, self.base_lr))
-        self.step += 1
-
-    def get_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_state(self, state: dict) -> None:
-        self.step = int(state["step"])
+        step = int(self.model.optimizer.iterations.numpy())
+        lr = poly_learning_rate(step / self.planned_steps(step), self.base_lr)
+        self.model.optimizer.learning_rate.assign(lr)
 
 
 class TrainingClock(keras.callbacks.Callback):
@@ -132,9 +172,9 @@ class JsonHistory(keras.callbacks.Callback):
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Saves the model, atomically, whenever the monitored value improves; stops after ``patience`` flat epochs."""
 
-    def __init__(self, path: str | Path, monitor: str = "val_miou", patience: int | None = None) -> None:
+    def __init__(self, path: str | Path, monitor: str = "val_miou", patience: int | None = None, classes=None) -> None:
         super().__init__()
-        self.path, self.monitor, self.patience = Path(path), monitor, patience
+        self.path, self.monitor, self.patience, self.classes = Path(path), monitor, patience, classes
         self.best = -math.inf
         self.best_epoch: int | None = None
         self.wait = 0
@@ -146,7 +186,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
             return  # nothing to compare, or the weights have diverged
         if float(value) > self.best:
             self.best, self.best_epoch, self.wait = float(value), epoch, 0
-            artifacts.save_model(self.model, self.path)
+            artifacts.save_model(self.model, self.path, self.classes)
         else:
             self.wait += 1
             if self.patience and self.wait >= self.patience:
@@ -266,15 +306,19 @@ class TrainResult:
 
 
 def compile_model(
-    model: keras.Model, info: data.DatasetInfo, learning_rate: float = 1e-3, jit_compile: bool = False
+    model: keras.Model,
+    info: data.DatasetInfo,
+    learning_rate: float = 1e-3,
+    jit_compile: bool = False,
+    class_weights=None,
 ) -> keras.Model:
-    """Adam, cross-entropy with the ignore index, streaming mIoU; ``jit_compile`` turns on XLA.
+    """Adam, cross-entropy with the ignore index (and optional class weights), streaming mIoU; XLA if asked.
 
     With a ``mixed_float16`` model Keras wraps the optimiser in loss scaling by itself.
     """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=make_loss(info.ignore_index),
+        loss=make_loss(info.ignore_index, class_weights),
         metrics=[make_miou_metric(info.num_classes, info.ignore_index)],
         jit_compile=jit_compile,
     )
@@ -360,7 +404,7 @@ def train(
     with strategy.scope():
         if model is None:
             model = build_model(settings, info.num_classes, synchronized_bn=replicas > 1)
-        compile_model(model, info, learning_rate, jit_compile=settings.xla)
+        compile_model(model, info, learning_rate, jit_compile=settings.xla, class_weights=weights)
 
     # with several workers only the chief writes the real files; the others write to a scratch folder
     output_dir = settings.output_dir if distribute.is_chief(strategy) else Path(tempfile.mkdtemp(prefix="worker-"))
@@ -368,9 +412,9 @@ def train(
     meta = {"settings": settings.as_dict(), "class_weighting": class_weighting, "learning_rate": learning_rate}
     schedule = PolyLearningRate(learning_rate, steps * settings.epochs, clock)
     history_cb = JsonHistory(paths["history"], meta, clock)
-    checkpoint = BestModelCheckpoint(paths["model"], patience=patience)
+    checkpoint = BestModelCheckpoint(paths["model"], patience=patience, classes=info.classes)
     guard = DivergenceGuard()
-    parts = {"schedule": schedule, "clock": clock, "history": history_cb, "checkpoint": checkpoint}
+    parts = {"clock": clock, "history": history_cb, "checkpoint": checkpoint}
     # a resumed run must be the same run: same settings, data size and model
     fingerprint = {**meta, "patience": patience, "num_train": num_train, "params": model.count_params()}
     state = ResumableState(paths["resume"], artifacts.jsonable(fingerprint), parts, guard)
@@ -389,7 +433,6 @@ def train(
         True,
         settings.seed,
         info,
-        class_weights=weights,
         first_epoch=first_epoch,
     )
     val_ds = data.make_dataset(data_dir, "val", settings.image_size, settings.batch_size, False, settings.seed, info)
@@ -415,9 +458,9 @@ def train(
     if guard.problem is not None:
         raise TrainingDiverged(divergence_message(guard.problem, settings, learning_rate, paths, checkpoint))
     if checkpoint.best_epoch is None or not paths["model"].is_file():  # no validated epoch: keep what we have
-        artifacts.save_model(model, paths["model"])
+        artifacts.save_model(model, paths["model"], info.classes)
     state.clear()  # finished (epochs, time cap or early stop): nothing to resume
-    best = artifacts.load_model(paths["model"])
+    best = artifacts.load_model(paths["model"], info)
     return TrainResult(
         model=best,
         history=history_cb.history,
@@ -456,7 +499,7 @@ def load_or_train(settings: Settings, quick_minutes: float = 2.0) -> keras.Model
     path = artifacts.output_paths(settings.output_dir)["model"]
     if path.is_file():
         print(f"Loaded the trained model from {path}.")
-        return artifacts.load_model(path)
+        return artifacts.load_model(path, data.read_dataset_info(data.ensure_data(settings)))
     print(
         f"No trained model at {path} (notebook 04 makes one). "
         f"Training a quick one now, capped at {quick_minutes:g} minutes, so this notebook can run on its own."
