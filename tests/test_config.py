@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,7 @@ from helpers.config import ENV_VARS, SettingsError, load_settings
 
 def test_every_documented_variable_is_read():
     expected = {
-        "DEEPLAB_DATA_DIR", "DEEPLAB_OUTPUT_DIR", "DEEPLAB_IMAGE_SIZE", "DEEPLAB_BATCH_SIZE", "DEEPLAB_EPOCHS",
+        "DEEPLAB_DATASET", "DEEPLAB_DATA_DIR", "DEEPLAB_OUTPUT_DIR", "DEEPLAB_IMAGE_SIZE", "DEEPLAB_BATCH_SIZE", "DEEPLAB_EPOCHS",
         "DEEPLAB_TRAIN_MINUTES", "DEEPLAB_BACKBONE", "DEEPLAB_WEIGHTS", "DEEPLAB_SEED", "DEEPLAB_PROFILE",
         "DEEPLAB_SEPARABLE", "DEEPLAB_OUTPUT_STRIDE", "DEEPLAB_PRECISION", "DEEPLAB_XLA", "DEEPLAB_STRATEGY",
     }  # fmt: skip
@@ -49,7 +50,7 @@ def test_environment_overrides_profile(tmp_path):
             "DEEPLAB_XLA": "1",
         }
     )
-    assert s.data_dir == Path(tmp_path / "d") and not s.data_dir_is_default
+    assert s.data_dir == Path(tmp_path / "d") and not s.data_dir_is_default and s.dataset == "path"
     assert s.output_dir == Path(tmp_path / "o")
     assert (s.image_size, s.batch_size, s.epochs, s.train_minutes) == (320, 4, 2, 1.5)
     assert (s.backbone, s.backbone_weights, s.seed) == ("mobilenetv2", str(weights), 3)
@@ -98,3 +99,37 @@ def test_a_time_budget_of_your_own_lifts_the_profile_epoch_cap():
     assert load_settings({"DEEPLAB_TRAIN_MINUTES": "15"}).epochs == 10_000  # the clock decides
     assert load_settings({"DEEPLAB_TRAIN_MINUTES": "15", "DEEPLAB_EPOCHS": "3"}).epochs == 3
     assert load_settings({"DEEPLAB_TRAIN_MINUTES": "none"}).epochs == 12  # no budget: keep the cap
+
+
+def test_named_datasets_and_paths(tmp_path):
+    assert load_settings({}).dataset == "synthetic"
+    full = load_settings({"DEEPLAB_PROFILE": "full"})
+    assert full.dataset == "camvid" and full.dataset_is_default and full.data_dir.name == "camvid"
+    pets = load_settings({"DEEPLAB_DATASET": "Pets"})
+    assert pets.dataset == "pets" and not pets.dataset_is_default and pets.data_dir.name == "pets"
+    mine = load_settings({"DEEPLAB_DATASET": str(tmp_path)})
+    assert mine.dataset == "path" and mine.data_dir == tmp_path and not mine.data_dir_is_default
+    elsewhere = load_settings({"DEEPLAB_DATASET": "camvid", "DEEPLAB_DATA_DIR": str(tmp_path / "cv")})
+    assert elsewhere.dataset == "camvid" and elsewhere.data_dir == tmp_path / "cv"
+    with pytest.raises(SettingsError, match="DEEPLAB_DATASET='cityscapes' is neither synthetic, camvid, pets"):
+        load_settings({"DEEPLAB_DATASET": "cityscapes"})
+    (tmp_path / "a").mkdir()
+    with pytest.raises(SettingsError, match="two different folders"):
+        load_settings({"DEEPLAB_DATASET": str(tmp_path / "a"), "DEEPLAB_DATA_DIR": str(tmp_path)})
+
+
+def test_the_full_profile_falls_back_to_built_in_data_offline_and_says_why(tmp_path, monkeypatch, capsys):
+    from helpers import data, datasets
+
+    def offline(target):
+        raise datasets.DownloadError("Could not download the CamVid archive (no network).")
+
+    monkeypatch.setattr(datasets, "prepare_camvid", offline)
+    monkeypatch.setattr("helpers.synthetic.generate_dataset", lambda d, *a, **k: d)
+    settings = dataclasses.replace(load_settings({"DEEPLAB_PROFILE": "full"}), data_dir=tmp_path / "camvid")
+    assert data.ensure_data(settings) == tmp_path / "synthetic-full"
+    said = capsys.readouterr().out
+    assert "uses the built-in synthetic data instead" in said and "prepare-data camvid" in said
+    asked = load_settings({"DEEPLAB_DATASET": "camvid", "DEEPLAB_DATA_DIR": str(tmp_path / "camvid")})
+    with pytest.raises(datasets.DownloadError, match="no network"):
+        data.ensure_data(asked)  # asked for by name: no silent substitute

@@ -10,6 +10,7 @@ import os
 import sys
 
 FLAG_TO_ENV = {
+    "dataset": "DEEPLAB_DATASET",
     "data_dir": "DEEPLAB_DATA_DIR",
     "output_dir": "DEEPLAB_OUTPUT_DIR",
     "image_size": "DEEPLAB_IMAGE_SIZE",

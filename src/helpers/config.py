@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROFILES = ("smoke", "full")
+NAMED_DATASETS = ("synthetic", "camvid", "pets")  # or a path to a dataset in the course layout
 BACKBONES = ("resnet50", "mobilenetv2")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OUTPUT_STRIDES = (8, 16)
@@ -29,6 +30,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
         "train_minutes": 4.0,
         "weights": "none",
         "backbone": "mobilenetv2",
+        "dataset": "synthetic",
         "num_train": 96,
         "num_val": 24,
         "num_test": 24,
@@ -40,6 +42,7 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
         "train_minutes": 8.0,
         "weights": "imagenet",
         "backbone": "resnet50",
+        "dataset": "camvid",
         "num_train": 600,
         "num_val": 100,
         "num_test": 100,
@@ -49,7 +52,8 @@ PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
 # The public interface: variable name -> (field, one-line documentation).
 ENV_VARS: dict[str, tuple[str, str]] = {
     "DEEPLAB_PROFILE": ("profile", "smoke (tiny, CPU/CI) or full (real run, GPU); default smoke"),
-    "DEEPLAB_DATA_DIR": ("data_dir", "dataset in the course layout; default: built-in synthetic data"),
+    "DEEPLAB_DATASET": ("dataset", "synthetic (built-in), camvid or pets (downloaded on first use), or a path"),
+    "DEEPLAB_DATA_DIR": ("data_dir", "where the dataset is (a path alone also selects it); default under data/"),
     "DEEPLAB_OUTPUT_DIR": ("output_dir", "where models, histories, metrics and figures go"),
     "DEEPLAB_IMAGE_SIZE": ("image_size", "side of the square training crop, a multiple of 16"),
     "DEEPLAB_BATCH_SIZE": ("batch_size", "images per training step"),
@@ -83,6 +87,7 @@ class Settings:
     """Everything a run needs to know; build it with :func:`load_settings`."""
 
     profile: str
+    dataset: str
     data_dir: Path
     output_dir: Path
     image_size: int
@@ -100,7 +105,12 @@ class Settings:
     num_train: int
     num_val: int
     num_test: int
-    data_dir_is_default: bool = True
+    dataset_is_default: bool = True  # chosen by the profile, not by the user: may fall back to the built-in data
+
+    @property
+    def data_dir_is_default(self) -> bool:
+        """Whether the data is the built-in synthetic set, generated on first use."""
+        return self.dataset == "synthetic"
 
     @property
     def backbone_weights(self) -> str | None:
@@ -112,8 +122,8 @@ class Settings:
         lines = ["Course settings (change them with environment variables):"]
         for var, (name, _doc) in ENV_VARS.items():
             value = getattr(self, name)
-            if name == "data_dir" and self.data_dir_is_default:
-                value = f"{value}  (built-in synthetic data)"
+            if name == "dataset" and self.dataset_is_default:
+                value = f"{value}  (the {self.profile} profile's default)"
             lines.append(f"  {var:<22} = {value}")
         return "\n".join(lines)
 
@@ -165,8 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     defaults = PROFILE_DEFAULTS[profile]
     root = project_root()
 
-    data_raw = get("DEEPLAB_DATA_DIR")
-    data_dir = Path(data_raw).expanduser() if data_raw else root / "data" / f"synthetic-{profile}"
+    dataset, data_dir, dataset_is_default = _dataset_and_folder(get, profile, root)
     output_raw = get("DEEPLAB_OUTPUT_DIR")
     output_dir = Path(output_raw).expanduser() if output_raw else root / "build" / "output"
 
@@ -220,6 +229,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     return Settings(
         profile=profile,
+        dataset=dataset,
         data_dir=data_dir,
         output_dir=output_dir,
         image_size=int(image_size),
@@ -237,5 +247,37 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         num_train=int(defaults["num_train"]),
         num_val=int(defaults["num_val"]),
         num_test=int(defaults["num_test"]),
-        data_dir_is_default=data_raw is None,
+        dataset_is_default=dataset_is_default,
     )
+
+
+def _dataset_and_folder(get, profile: str, root: Path) -> tuple[str, Path, bool]:
+    """``DEEPLAB_DATASET`` (a name or a path) and ``DEEPLAB_DATA_DIR``: which dataset, and where it lives.
+
+    A path in either variable selects a dataset of your own; a name keeps its data in
+    ``DEEPLAB_DATA_DIR`` if set, else under ``data/``.
+    """
+    named, folder = get("DEEPLAB_DATASET"), get("DEEPLAB_DATA_DIR")
+    folder = Path(folder).expanduser() if folder else None
+    if named is None:
+        if folder is not None:
+            return "path", folder, False
+        named = str(PROFILE_DEFAULTS[profile]["dataset"])
+        default = True
+    else:
+        default = False
+    if named.strip().lower() in NAMED_DATASETS:
+        named = named.strip().lower()
+        suffix = f"-{profile}" if named == "synthetic" else ""
+        return named, folder or root / "data" / f"{named}{suffix}", default
+    path = Path(named).expanduser()
+    if not path.is_dir():
+        raise SettingsError(
+            f"DEEPLAB_DATASET={named!r} is neither {', '.join(NAMED_DATASETS)} nor an existing folder. "
+            "Give the path of a dataset in the course layout (see data/README.md), or one of the names."
+        )
+    if folder is not None and folder.resolve() != path.resolve():
+        raise SettingsError(
+            f"DEEPLAB_DATASET={named!r} and DEEPLAB_DATA_DIR={str(folder)!r} name two different folders: unset one."
+        )
+    return "path", path, False

@@ -432,20 +432,49 @@ def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
 
 
 def ensure_data(settings) -> Path:
-    """The settings' data directory, generating the built-in synthetic dataset on first use."""
+    """The settings' dataset folder, made on first use: generated (synthetic) or downloaded (camvid, pets).
+
+    When the profile chose a public dataset (the full profile's CamVid) and it cannot be
+    downloaded, the built-in data is used instead, with one sentence saying why and how to
+    get it. A dataset you asked for by name fails with the download's message.
+    """
     data_dir = Path(settings.data_dir)
     if (data_dir / "classes.json").is_file():
         return data_dir
-    if settings.data_dir_is_default:
-        from helpers import synthetic
+    if settings.dataset == "synthetic":
+        return _generate_synthetic(settings, data_dir)
+    if settings.dataset in ("camvid", "pets"):
+        from helpers import datasets
 
-        print(f"Generating the built-in synthetic dataset in {data_dir} (first use; takes a few seconds)...")
-        return synthetic.generate_dataset(
-            data_dir, settings.num_train, settings.num_val, settings.num_test, seed=settings.seed
-        )
+        prepare = {"camvid": datasets.prepare_camvid, "pets": datasets.prepare_pets}[settings.dataset]
+        print(f"Downloading and converting {settings.dataset} to {data_dir} (first use only)...")
+        try:
+            return prepare(data_dir)
+        except (datasets.DownloadError, ImportError) as err:
+            if not settings.dataset_is_default:
+                raise
+            fallback = data_dir.parent / f"synthetic-{settings.profile}"
+            print(
+                f"Could not get {settings.dataset} ({str(err).splitlines()[0]}), so this run uses the built-in "
+                f"synthetic data instead. To use {settings.dataset}: run `python -m helpers prepare-data "
+                f"{settings.dataset} {data_dir}` on a machine with internet, or set DEEPLAB_DATASET=synthetic "
+                "to silence this."
+            )
+            return _generate_synthetic(settings, fallback)
     if not data_dir.is_dir():
         raise DatasetError(
             f"DEEPLAB_DATA_DIR={data_dir} does not exist. Point it at a dataset in the course layout "
             "(see data/README.md), or unset it to use the built-in synthetic data."
         )
     raise DatasetError(f"{data_dir / 'classes.json'} is missing; see data/README.md for the layout.")
+
+
+def _generate_synthetic(settings, data_dir: Path) -> Path:
+    if (data_dir / "classes.json").is_file():
+        return data_dir
+    from helpers import synthetic
+
+    print(f"Generating the built-in synthetic dataset in {data_dir} (first use; takes a few seconds)...")
+    return synthetic.generate_dataset(
+        data_dir, settings.num_train, settings.num_val, settings.num_test, seed=settings.seed
+    )

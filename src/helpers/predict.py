@@ -20,7 +20,16 @@ from PIL import Image
 from helpers.data import scale_image, scaled_shape
 from helpers.imageio import ImageReadError, read_image, to_rgb8
 
-__all__ = ["ImageReadError", "read_image", "to_rgb8", "predict_mask", "predict_folder", "predict_scores", "tta_probabilities", "TTA_MODES"]
+__all__ = [
+    "ImageReadError",
+    "read_image",
+    "to_rgb8",
+    "predict_mask",
+    "predict_folder",
+    "predict_scores",
+    "tta_probabilities",
+    "TTA_MODES",
+]
 
 # Native-size predictions are bounded: a 4000x6000 photo would need tens of GB of
 # feature maps at full resolution. Bigger images are shrunk to this longest side
