@@ -13,7 +13,10 @@ TEST_WORKERS ?= 2
 PYTEST := -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
 
-.PHONY: install data run test test-unit test-notebooks test-colab lab bench lint format clean
+# Real photographs for development (CamVid's train and val splits); absent for learners, present in CI.
+REAL_DATA ?= ../shared/datasets/camvid-dev
+
+.PHONY: install data run run-real test test-unit test-notebooks test-colab lab bench lint format clean
 
 install: $(STAMP)
 
@@ -29,7 +32,14 @@ data: install
 run: install
 	DEEPLAB_HEADLESS=1 $(PY) scripts/run_course.py
 
-test: lint test-unit test-notebooks
+# The whole course on real data too (smoke profile): every notebook must run, and its prose hold, there.
+run-real: install
+	@if [ -d "$(REAL_DATA)" ]; then \
+		DEEPLAB_DATASET="$(abspath $(REAL_DATA))" DEEPLAB_OUTPUT_DIR=build/real/output \
+		$(PY) scripts/run_course.py --build build/real; \
+	else echo "Skipped the real-data run: $(REAL_DATA) is absent (set REAL_DATA=DIR to a dataset in the course layout)."; fi
+
+test: lint test-unit test-notebooks run-real
 
 test-unit: install
 	$(PY) $(PYTEST) --durations=10 tests

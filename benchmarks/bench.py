@@ -28,7 +28,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from helpers import data, reference, synthetic  # noqa: E402
+from helpers import data, evaluate, reference, synthetic  # noqa: E402
 from helpers.config import load_settings  # noqa: E402
 from helpers.flops import count_flops  # noqa: E402
 from helpers.metrics import ConfusionMatrix  # noqa: E402
@@ -72,7 +72,8 @@ def reference_variant(data_dir, info, size, batch):
         images, masks = data.list_pairs(data_dir, "train")
         ds = reference.reference_data_generator(images, masks, batch, size)
         # The reference has no ignore index; void pixels must become a class for its loss to run at all.
-        return ds.map(lambda x, y: (x, tf.where(y == 255, tf.zeros_like(y), y)))
+        void = 255 if info.ignore_index is None else info.ignore_index
+        return ds.map(lambda x, y: (x, tf.where(y == void, tf.zeros_like(y), y)))
 
     return Variant("reference (tutorial, taps corrected)", build, dataset, 1 / 255)
 
@@ -150,7 +151,8 @@ def test_miou(model, data_dir, info, size, scale_input) -> float:
     """
     matrix = ConfusionMatrix(info.num_classes, info.ignore_index)
     fixed = model.input_shape[1:3]
-    for images, masks in data.make_dataset(data_dir, "test", size, 8, training=False, info=info):
+    split = evaluate.default_split(data_dir)  # a dataset without a test split is scored on val
+    for images, masks in data.make_dataset(data_dir, split, size, 8, training=False, info=info):
         inputs = images if None in fixed else tf.image.resize(images, fixed)
         scores = model.predict_on_batch(inputs * scale_input)
         scores = tf.image.resize(scores, masks.shape[1:3]) if None not in fixed else scores
@@ -210,7 +212,7 @@ OPTIONS = {
 
 def run_one(spec: dict, args) -> dict:
     """Measure one variant (in this process) and return its row."""
-    data_dir = ROOT / "data" / "bench"
+    data_dir = Path(args.data)
     info = data.read_dataset_info(data_dir)
     size, batch = args.image_size, args.batch_size
     kwargs = dict(spec.get("kwargs", {}))
@@ -225,6 +227,7 @@ def run_one(spec: dict, args) -> dict:
         # 1e-3), the course's variants as `python -m helpers train` trains them
         steps = max(1, args.quality // batch)
         callbacks = [variant.schedule(steps)] if variant.schedule else []
+        model.optimizer.iterations.assign(0)  # the schedule counts the optimizer's steps: start it afresh
         model.fit(variant.dataset().repeat(), steps_per_epoch=steps, epochs=1, verbose=0, callbacks=callbacks)
         row["test_miou"] = test_miou(model, data_dir, info, size, variant.scale_input)
     return {"name": spec["name"], "settings": kwargs, **row}
@@ -240,14 +243,15 @@ def main() -> int:
     )
     parser.add_argument("--all", action="store_true", help="the ladder of changes and the other options too")
     parser.add_argument("--out", default=str(ROOT / "build"))
+    parser.add_argument("--data", default=str(ROOT / "data" / "bench"), help="dataset (default: built-in, generated)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one variant, print its row as JSON
     args = parser.parse_args()
     if args.one:
         print("ROW " + json.dumps(run_one(json.loads(args.one), args)), flush=True)
         return 0
 
-    data_dir = ROOT / "data" / "bench"
-    if not (data_dir / "classes.json").is_file():
+    data_dir = Path(args.data)
+    if data_dir == ROOT / "data" / "bench" and not (data_dir / "classes.json").is_file():
         synthetic.generate_dataset(data_dir, 96, 24, 24, seed=42)
     specs = [{"name": "reference (tutorial, taps corrected)", "reference": True}]
     if args.all:
@@ -267,7 +271,7 @@ def main() -> int:
         "matmul_gflops_bfloat16": matmul_peak(tf.bfloat16) / 1e9,
         "variants": [],
     }
-    passthrough = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size)]
+    passthrough = ["--image-size", str(args.image_size), "--batch-size", str(args.batch_size), "--data", args.data]
     passthrough += ["--steps", str(args.steps), "--quality", str(args.quality)]
     for spec in specs:
         print(f"measuring: {spec['name']}", flush=True)

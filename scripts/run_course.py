@@ -6,6 +6,7 @@ the run's model, history, metrics and exported masks are in the output directory
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -22,6 +23,9 @@ def run(cmd: list[str]) -> None:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--build", default=str(ROOT / "build"), help="where executed notebooks and HTML go")
+    args = parser.parse_args()
     os.environ["DEEPLAB_HEADLESS"] = "1"  # no one to move sliders: explorer cells show their static twin
     sys.path.insert(0, str(ROOT / "src"))
     from helpers import data
@@ -31,7 +35,7 @@ def main() -> int:
     print(settings.describe(), flush=True)
     data.ensure_data(settings)
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-    build = ROOT / "build"
+    build = Path(args.build).resolve()
     start = time.monotonic()
     if notebooks:
         for nb in notebooks:
