@@ -98,8 +98,8 @@ class PolyLearningRate(keras.callbacks.Callback):
         if self.clock is None or not self.clock.limit_s:
             return self.total_steps
         now = self.clock.elapsed()
-        if self.calls <= 2:  # the first step traces the graph: measure from the second on
-            self.reference = (step, now)
+        if self.calls <= 2 or step <= self.reference[0]:  # the first step traces the graph: measure from the second
+            self.reference = (step, now) if self.calls <= 2 else self.reference
             return self.total_steps
         seconds_per_step = (now - self.reference[1]) / (step - self.reference[0])
         remaining = max(self.clock.limit_s - now, 0.0) / max(seconds_per_step, 1e-9)
