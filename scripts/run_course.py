@@ -19,7 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+    # no MPLBACKEND: the kernel's inline backend embeds every figure in the executed notebook
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
 
 
 def main() -> int:
