@@ -35,7 +35,7 @@ run: install
 # The whole course on real data too (smoke profile): every notebook must run, and its prose hold, there.
 run-real: install
 	@if [ -d "$(REAL_DATA)" ]; then \
-		DEEPLAB_DATASET="$(abspath $(REAL_DATA))" DEEPLAB_OUTPUT_DIR=build/real/output \
+		DEEPLAB_DATASET="$(abspath $(REAL_DATA))" DEEPLAB_OUTPUT_DIR="$(abspath build/real/output)" \
 		$(PY) scripts/run_course.py --build build/real; \
 	else echo "Skipped the real-data run: $(REAL_DATA) is absent (set REAL_DATA=DIR to a dataset in the course layout)."; fi
 

@@ -133,3 +133,11 @@ def test_the_full_profile_falls_back_to_built_in_data_offline_and_says_why(tmp_p
     asked = load_settings({"DEEPLAB_DATASET": "camvid", "DEEPLAB_DATA_DIR": str(tmp_path / "camvid")})
     with pytest.raises(datasets.DownloadError, match="no network"):
         data.ensure_data(asked)  # asked for by name: no silent substitute
+
+
+def test_relative_folders_are_taken_from_the_checkout_not_the_working_directory(tmp_path, monkeypatch):
+    from helpers.config import project_root
+
+    monkeypatch.chdir(tmp_path)  # as a notebook runs in notebooks/
+    s = load_settings({"DEEPLAB_OUTPUT_DIR": "build/x", "DEEPLAB_DATA_DIR": "data/mine"})
+    assert s.output_dir == project_root() / "build" / "x" and s.data_dir == project_root() / "data" / "mine"

@@ -177,7 +177,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     dataset, data_dir, dataset_is_default = _dataset_and_folder(get, profile, root)
     output_raw = get("DEEPLAB_OUTPUT_DIR")
-    output_dir = Path(output_raw).expanduser() if output_raw else root / "build" / "output"
+    output_dir = _folder(output_raw, root) if output_raw else root / "build" / "output"
 
     image_size = defaults["image_size"]
     if get("DEEPLAB_IMAGE_SIZE"):
@@ -251,6 +251,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     )
 
 
+def _folder(raw: str, root: Path) -> Path:
+    """A folder setting; a relative path is taken from the course checkout (``root``), not the working
+    directory, so a notebook (which runs in ``notebooks/``) and a terminal at the top agree on it."""
+    path = Path(raw).expanduser()
+    return path if path.is_absolute() else root / path
+
+
 def _dataset_and_folder(get, profile: str, root: Path) -> tuple[str, Path, bool]:
     """``DEEPLAB_DATASET`` (a name or a path) and ``DEEPLAB_DATA_DIR``: which dataset, and where it lives.
 
@@ -258,7 +265,7 @@ def _dataset_and_folder(get, profile: str, root: Path) -> tuple[str, Path, bool]
     ``DEEPLAB_DATA_DIR`` if set, else under ``data/``.
     """
     named, folder = get("DEEPLAB_DATASET"), get("DEEPLAB_DATA_DIR")
-    folder = Path(folder).expanduser() if folder else None
+    folder = _folder(folder, root) if folder else None
     if named is None:
         if folder is not None:
             return "path", folder, False
@@ -270,7 +277,7 @@ def _dataset_and_folder(get, profile: str, root: Path) -> tuple[str, Path, bool]
         named = named.strip().lower()
         suffix = f"-{profile}" if named == "synthetic" else ""
         return named, folder or root / "data" / f"{named}{suffix}", default
-    path = Path(named).expanduser()
+    path = _folder(named, root)
     if not path.is_dir():
         raise SettingsError(
             f"DEEPLAB_DATASET={named!r} is neither {', '.join(NAMED_DATASETS)} nor an existing folder. "
