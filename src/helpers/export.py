@@ -3,7 +3,8 @@
 The SavedModel needs neither Keras nor this package to run: TensorFlow Serving,
 ``tf.saved_model.load`` in any TensorFlow program, or a conversion to TF.js can use it.
 TensorFlow Lite runs on phones and small boards; ``quantize=True`` stores the weights
-in 8 bits (dynamic-range quantisation), about a quarter of the size.
+in 8 bits (dynamic-range quantisation): about a quarter of the size, and at run time TensorFlow Lite
+quantises the activations on the fly so that most layers run int8 kernels.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def export_tflite(saved_model: str | Path, path: str | Path, quantize: bool = Fa
     """Convert an exported SavedModel to a ``.tflite`` file (optionally with 8-bit weights)."""
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     if quantize:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights, float activations
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # dynamic range: int8 weights
     return artifacts.atomic_write_bytes(path, converter.convert())
 
 
