@@ -38,8 +38,16 @@ def test_panels_and_plots_draw():
     image = np.zeros((8, 8, 3), np.uint8)
     mask = np.random.default_rng(0).integers(0, 3, (8, 8))
     fig = viz.plot_panels(image, mask, mask, classes, ignore_index=255)
-    assert [ax.get_title() for ax in fig.axes] == ["image", "ground truth", "prediction", "errors (0.0% wrong)"]
+    titles = ["image", "ground truth", "prediction", "errors (0.0% of labelled pixels)"]
+    assert [ax.get_title() for ax in fig.axes] == titles
+    truth = np.zeros((4, 4), np.int64)
+    truth[0] = 255  # a row of ignored pixels does not count as right or wrong
+    predicted = np.where(np.arange(16).reshape(4, 4) < 6, 1, 0)  # 2 of the 12 labelled pixels wrong
+    fig = viz.plot_panels(np.zeros((4, 4, 3), np.uint8), truth, predicted, classes, ignore_index=255)
+    assert fig.axes[3].get_title() == "errors (16.7% of labelled pixels)"
     ax = viz.plot_confusion_matrix(np.eye(3) * 5, classes)
     assert len(ax.texts) == 9
     ax = viz.plot_class_bars([0.5, np.nan, 1.0], classes)
     assert [t.get_text() for t in ax.texts] == ["0.50", "absent", "1.00"]
+    ax = viz.plot_class_bars([0.003, 0.0, 0.997], classes)  # a rare class is not shown as 0.00
+    assert [t.get_text() for t in ax.texts] == ["0.003", "0.00", "1.00"]

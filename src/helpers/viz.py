@@ -70,9 +70,19 @@ def legend_handles(classes: Sequence[str], palette: np.ndarray, ignore_index: in
     return handles
 
 
+LEGEND_COLUMNS = 6
+
+
 def add_legend(fig, classes: Sequence[str], palette: np.ndarray, ignore_index: int | None = None) -> None:
+    """A legend under the figure, six entries a row (see :func:`legend_height` for the room it needs)."""
     handles = legend_handles(classes, palette, ignore_index)
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), LEGEND_COLUMNS), frameon=False)
+
+
+def legend_height(fig, entries: int) -> float:
+    """The share of ``fig``'s height that a legend of ``entries`` rows of six needs at the bottom."""
+    rows = -(-entries // LEGEND_COLUMNS)
+    return min(0.4, 0.02 + 0.3 * rows / fig.get_figheight())
 
 
 def error_map(true_mask: np.ndarray, pred_mask: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
@@ -101,8 +111,9 @@ def plot_panels(
     if pred_mask is not None:
         panels.append(("prediction", overlay(image, pred_mask, palette, alpha)))
     if true_mask is not None and pred_mask is not None:
-        wrong = np.mean((true_mask != pred_mask) & (true_mask != (ignore_index if ignore_index is not None else -1)))
-        panels.append((f"errors ({wrong:.1%} wrong)", error_map(true_mask, pred_mask, ignore_index)))
+        labelled = true_mask != (ignore_index if ignore_index is not None else -1)
+        wrong = np.sum((true_mask != pred_mask) & labelled) / max(np.sum(labelled), 1)
+        panels.append((f"errors ({wrong:.1%} of labelled pixels)", error_map(true_mask, pred_mask, ignore_index)))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.2), squeeze=False)
     for ax, (name, picture) in zip(axes[0], panels):
         ax.imshow(picture)
@@ -111,7 +122,7 @@ def plot_panels(
     if title:
         fig.suptitle(title)
     add_legend(fig, classes, palette, ignore_index)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, legend_height(fig, len(classes) + (ignore_index is not None)), 1, 1))
     return fig
 
 
@@ -143,7 +154,8 @@ def plot_class_bars(values, classes: Sequence[str], palette: np.ndarray | None =
     colours = [palette[i] / 255 for i in range(len(classes))]
     ax.bar(range(len(classes)), np.nan_to_num(values), color=colours, edgecolor="grey")
     for i, v in enumerate(values):
-        ax.text(i, 0 if np.isnan(v) else v, "absent" if np.isnan(v) else f"{v:.2f}", ha="center", va="bottom")
+        label = "absent" if np.isnan(v) else f"{v:.2f}" if v == 0 or abs(v) >= 0.01 else f"{v:.1g}"
+        ax.text(i, 0 if np.isnan(v) else v, label, ha="center", va="bottom")
     ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     ax.set_ylabel(ylabel)
     ax.figure.tight_layout()
