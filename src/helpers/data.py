@@ -110,11 +110,6 @@ def _read_colors(path: Path, raw: dict, classes: list, ignore: int | None):
     return colors, ignore_color
 
 
-def colour_table(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
-    """Keys ``r * 65536 + g * 256 + b`` of every known colour, and the label each one maps to."""
-    return imageio.colour_keys(info.colors, info.ignore_color, info.ignore_index)
-
-
 @dataclass
 class SplitFiles:
     """One split's image/mask pairs (sorted by stem) and every problem with its files."""
