@@ -16,7 +16,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cachepro
 # Real photographs for development (CamVid's train and val splits); absent for learners, present in CI.
 REAL_DATA ?= ../shared/datasets/camvid-dev
 
-.PHONY: install data run run-real test test-unit test-notebooks test-colab lab bench lint format clean
+.PHONY: install data run run-real test test-unit test-notebooks test-colab lab bench bench-quality lint format clean
 
 install: $(STAMP)
 
@@ -62,6 +62,10 @@ lab: install
 
 bench: install
 	$(PY) benchmarks/bench.py $(ARGS)
+
+# Quality per minute on real data: recipes trained for a fixed wall-clock budget, scored on val.
+bench-quality: install
+	$(PY) benchmarks/quality.py --data "$(REAL_DATA)" $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_PATHS)

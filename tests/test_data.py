@@ -160,6 +160,8 @@ def test_pixel_weights_and_median_frequency():
     np.testing.assert_allclose(w, [0.5, 1.0, 3.0, 0.0])
     mask = tf.constant([[0, 1, 2, 255]])
     np.testing.assert_allclose(data.pixel_weights(mask, tf.constant(w), 255).numpy(), [[0.5, 1.0, 3.0, 0.0]])
+    softened = data.median_frequency_weights(np.array([600, 300, 100, 0]), power=0.5)
+    np.testing.assert_allclose(softened, [0.5**0.5, 1.0, 3.0**0.5, 0.0], rtol=1e-6)  # the square roots
 
 
 def test_class_pixel_counts(tmp_path):

@@ -55,6 +55,20 @@ def test_taps_have_the_paper_strides():
 def test_mobilenetv2_backbone(tmp_path):
     model = build_deeplabv3_plus(4, backbone="mobilenetv2", weights=None)
     assert model.predict_on_batch(np.zeros((2, 128, 192, 3), np.float32)).shape == (2, 128, 192, 4)
+    # its ASPP and decoder are 64 channels wide unless asked otherwise; ResNet50's keep the paper's 256
+    assert model.get_layer("aspp_project").filters == model.get_layer("decoder_conv2").filters == 64
+    wide = build_deeplabv3_plus(4, backbone="mobilenetv2", weights=None, decoder_filters=128)
+    assert wide.get_layer("aspp_project").filters == 128
+
+
+def test_the_whole_mobilenetv2_encoder_keeps_output_stride_16_with_dilation():
+    low, high = build_encoder(keras.Input((128, 192, 3)), "mobilenetv2", None, whole_encoder=True)
+    assert tuple(low.shape[1:3]) == (32, 48)  # stride 4
+    assert tuple(high.shape[1:]) == (8, 12, 320)  # block 16's output, at stride 16 instead of 32
+    model = build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None, whole_encoder=True)
+    assert model.get_layer("block_13_depthwise").strides == (1, 1)
+    assert model.get_layer("block_15_depthwise").dilation_rate == (2, 2)
+    assert model.predict_on_batch(np.zeros((1, 96, 160, 3), np.float32)).shape == (1, 96, 160, 3)
 
 
 def test_aspp_has_five_branches_of_256_channels():

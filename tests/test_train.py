@@ -61,28 +61,45 @@ def capped_clock(monkeypatch):
     return clock, model, fake
 
 
-def test_time_cap_stops_at_the_epoch_boundary_when_the_next_epoch_would_not_fit(capped_clock):
+def _steps(clock, fake, seconds: float, count: int) -> None:
+    for batch in range(count):
+        clock.on_train_batch_begin(batch)
+        fake.now += seconds
+        clock.on_train_batch_end(batch)
+
+
+def test_time_cap_is_used_to_the_end_with_room_for_the_last_validation(capped_clock):
     clock, model, fake = capped_clock
     clock.on_epoch_begin(0)
-    fake.now += 25
-    clock.on_train_batch_end(0)
-    clock.on_epoch_end(0)  # 25 s used, the next 25 s epoch fits in 60
-    assert not model.stop_training
+    _steps(clock, fake, 5.0, 5)  # 25 s of training
+    fake.now += 5.0  # validation
+    clock.on_epoch_end(0)
+    assert not model.stop_training and clock.closing_s == pytest.approx(5.0)
+    fake.now += 1.0  # saving
     clock.on_epoch_begin(1)
-    fake.now += 25
-    clock.on_epoch_end(1)  # 50 s used, another epoch would end at 75 s
+    assert clock.closing_s == pytest.approx(6.0)  # validation and saving, measured
+    _steps(clock, fake, 5.0, 3)  # at 46 s: another step and the closing end at 57 s, inside the 60
+    assert not model.stop_training
+    _steps(clock, fake, 5.0, 1)  # at 51 s: one more would end at 62 s
+    assert model.stop_training and clock.stopped  # mid-epoch: the last epoch is a short one
+
+
+def test_time_cap_does_not_start_an_epoch_shorter_than_its_validation(capped_clock):
+    clock, model, fake = capped_clock
+    clock.on_epoch_begin(0)
+    _steps(clock, fake, 2.0, 20)  # 40 s
+    fake.now += 8.0  # validation: at 48 s, 12 s left, room for only 4 s of training
+    clock.on_epoch_end(0)
     assert model.stop_training and clock.stopped
 
 
-def test_time_cap_stops_mid_epoch_only_when_one_epoch_is_longer_than_the_cap(capped_clock):
+def test_time_cap_counts_the_time_of_interrupted_runs(capped_clock):
     clock, model, fake = capped_clock
     clock.set_state({"elapsed": 50.0})  # 50 s were used before an interruption
     clock.on_epoch_begin(3)
-    fake.now += 5
-    clock.on_train_batch_end(0)
+    _steps(clock, fake, 5.0, 1)
     assert not model.stop_training and clock.elapsed() == pytest.approx(55.0)
-    fake.now += 6
-    clock.on_train_batch_end(1)
+    _steps(clock, fake, 5.5, 1)
     assert model.stop_training
 
 
@@ -170,3 +187,10 @@ def test_cli_generate_data_and_bad_setting(tmp_path):
 def test_default_learning_rate_is_higher_from_scratch_than_for_fine_tuning():
     assert train.default_learning_rate(load_settings({"DEEPLAB_WEIGHTS": "none"})) == 4e-3
     assert train.default_learning_rate(load_settings({"DEEPLAB_PROFILE": "full"})) == 1e-3  # imagenet
+
+
+def test_an_unknown_class_weighting_is_refused_before_any_work(tmp_path):
+    settings = load_settings({"DEEPLAB_DATA_DIR": str(tmp_path / "nothing-here"), "DEEPLAB_OUTPUT_DIR": str(tmp_path)})
+    with pytest.raises(ValueError, match="none, median, sqrt-median.*'inverse'"):
+        train.train(settings, class_weighting="inverse")
+    assert not any(tmp_path.iterdir())  # nothing written

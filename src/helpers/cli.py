@@ -9,6 +9,8 @@ import argparse
 import os
 import sys
 
+from helpers.config import CLASS_WEIGHTINGS
+
 FLAG_TO_ENV = {
     "dataset": "DEEPLAB_DATASET",
     "data_dir": "DEEPLAB_DATA_DIR",
@@ -196,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train DeepLabV3+ and write model.keras and history.json")
-    p.add_argument("--class-weighting", choices=["none", "median"], default="none")
+    p.add_argument("--class-weighting", choices=list(CLASS_WEIGHTINGS), default="sqrt-median")
     p.add_argument(
         "--learning-rate", type=float, help="peak learning rate (default: 4e-3 from scratch, 1e-3 pretrained)"
     )

@@ -16,6 +16,8 @@ NAMED_DATASETS = ("synthetic", "camvid", "pets")  # or a path to a dataset in th
 BACKBONES = ("resnet50", "mobilenetv2")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 OUTPUT_STRIDES = (8, 16)
+# class weighting -> power of the median-frequency weights (see helpers.data.median_frequency_weights)
+CLASS_WEIGHTINGS = {"none": 0.0, "median": 1.0, "sqrt-median": 0.5}
 STRATEGIES = ("default", "mirrored", "tpu", "multiworker")
 UNCAPPED_EPOCHS = 10_000  # "until the time cap": used when DEEPLAB_TRAIN_MINUTES is set and DEEPLAB_EPOCHS is not
 _YES, _NO = ("1", "yes", "true", "on"), ("0", "no", "false", "off")

@@ -416,13 +416,17 @@ def class_pixel_counts(data_dir: str | Path, split: str = "train", info: Dataset
     return counts[: info.num_classes]
 
 
-def median_frequency_weights(counts: np.ndarray) -> np.ndarray:
-    """Median-frequency class weights (Eigen & Fergus 2015): rare classes weigh more."""
+def median_frequency_weights(counts: np.ndarray, power: float = 1.0) -> np.ndarray:
+    """Median-frequency class weights (Eigen & Fergus 2015): rare classes weigh more.
+
+    ``power`` softens them: 0.5 gives their square root, so a class 100 times rarer than
+    the median weighs 10, not 100. Classes absent from ``counts`` weigh 0.
+    """
     counts = np.asarray(counts, np.float64)
     freq = counts / max(counts.sum(), 1)
     present = freq > 0
     weights = np.zeros_like(freq)
-    weights[present] = np.median(freq[present]) / freq[present]
+    weights[present] = (np.median(freq[present]) / freq[present]) ** power
     return weights.astype(np.float32)
 
 

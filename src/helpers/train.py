@@ -21,7 +21,7 @@ import keras
 import tensorflow as tf
 
 from helpers import artifacts, data, distribute
-from helpers.config import Settings
+from helpers.config import CLASS_WEIGHTINGS, Settings
 from helpers.model import build_deeplabv3_plus
 
 
@@ -102,7 +102,8 @@ class PolyLearningRate(keras.callbacks.Callback):
             self.reference = (step, now) if self.calls <= 2 else self.reference
             return self.total_steps
         seconds_per_step = (now - self.reference[1]) / (step - self.reference[0])
-        remaining = max(self.clock.limit_s - now, 0.0) / max(seconds_per_step, 1e-9)
+        closing = getattr(self.clock, "closing_s", 0.0)  # the last validation and save come out of the cap too
+        remaining = max(self.clock.limit_s - now - closing, 0.0) / max(seconds_per_step, 1e-9)
         return int(min(self.total_steps, step + 1 + remaining))
 
     def on_train_batch_begin(self, batch, logs=None):
@@ -114,10 +115,11 @@ class PolyLearningRate(keras.callbacks.Callback):
 class TrainingClock(keras.callbacks.Callback):
     """Training wall time, summed over resumed runs, and the optional cap on it.
 
-    The cap is checked at the end of each epoch: training stops there if the next
-    epoch would not fit, so a capped run ends on an epoch boundary with a model that
-    was validated and saved. Only if a single epoch is longer than the whole cap
-    does it stop mid-epoch.
+    A capped run uses the whole cap: it stops after the step where the time left would
+    no longer cover another step plus the epoch's closing work (validation and saving,
+    measured on the epoch before). The last epoch may so be shorter than the others;
+    Keras still validates it and the checkpoint still sees it. An epoch is not started
+    when it could train for less time than its closing work would take.
     """
 
     def __init__(self, minutes: float | None = None) -> None:
@@ -126,19 +128,34 @@ class TrainingClock(keras.callbacks.Callback):
         self.before = 0.0  # seconds used by earlier (interrupted) runs
         self.start = time.monotonic()
         self.stopped = False
+        self.step_s = 0.0  # the last training step's duration
+        self.closing_s = 0.0  # from an epoch's last step to the next epoch's start: validation, saving
+        self._last_step_end: float | None = None
 
     def elapsed(self) -> float:
         return self.before + time.monotonic() - self.start
 
+    def _over(self, seconds_needed: float) -> bool:
+        return bool(self.limit_s) and self.elapsed() + seconds_needed > self.limit_s
+
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = self.elapsed()
+        if self._last_step_end is not None:
+            self.closing_s = self.elapsed() - self._last_step_end
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step_start = self.elapsed()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.limit_s and self.elapsed() > self.limit_s:
+        self._last_step_end = self.elapsed()
+        self.step_s = self._last_step_end - getattr(self, "_step_start", self._last_step_end)
+        if self._over(self.step_s + self.closing_s):
             self.model.stop_training = self.stopped = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.limit_s and self.elapsed() + (self.elapsed() - self.epoch_start) > self.limit_s:
+        if self._last_step_end is not None:  # validation has run: a first measure of the closing work
+            self.closing_s = max(self.closing_s, self.elapsed() - self._last_step_end)
+        worth_starting = max(self.closing_s, self.step_s)  # train at least as long as the closing takes
+        if self._over(self.closing_s + worth_starting):
             self.model.stop_training = self.stopped = True
 
     def get_state(self) -> dict:
@@ -335,8 +352,11 @@ def default_learning_rate(settings: Settings) -> float:
     return 4e-3 if settings.backbone_weights is None else 1e-3
 
 
-def build_model(settings: Settings, num_classes: int, synchronized_bn: bool = False) -> keras.Model:
-    """The DeepLabV3+ the settings describe: backbone, weights, separable convs, output stride, precision."""
+def build_model(settings: Settings, num_classes: int, synchronized_bn: bool = False, **options) -> keras.Model:
+    """The DeepLabV3+ the settings describe: backbone, weights, separable convs, output stride, precision.
+
+    ``options`` go to :func:`helpers.model.build_deeplabv3_plus` (for example ``decoder_filters``).
+    """
     return build_deeplabv3_plus(
         num_classes,
         backbone=settings.backbone,
@@ -345,6 +365,7 @@ def build_model(settings: Settings, num_classes: int, synchronized_bn: bool = Fa
         separable=settings.separable,
         precision=settings.precision,
         synchronized_bn=synchronized_bn,
+        **options,
     )
 
 
@@ -366,7 +387,7 @@ def require_clean_data(data_dir: Path):
 def train(
     settings: Settings,
     model: keras.Model | None = None,
-    class_weighting: str = "none",
+    class_weighting: str = "sqrt-median",
     learning_rate: float | None = None,
     patience: int | None = 10,
     verbose: int | str = "auto",
@@ -374,14 +395,15 @@ def train(
 ) -> TrainResult:
     """Train on ``settings.data_dir`` and write ``model.keras`` and ``history.json``.
 
-    ``class_weighting``: ``"none"`` or ``"median"`` (median-frequency per-pixel weights).
+    ``class_weighting``: ``"sqrt-median"`` (the square root of median-frequency weights: rare
+    classes count more, measured to pay on real data), ``"median"`` (the full weights) or ``"none"``.
     ``learning_rate``: the peak of the poly schedule; ``None`` means :func:`default_learning_rate`.
     With ``resume=True`` an interrupted run with the same settings continues from
     its last completed epoch (see :class:`ResumableState`); a finished run clears
     its resume state. A NaN or infinite loss raises :class:`TrainingDiverged`.
     """
-    if class_weighting not in ("none", "median"):
-        raise ValueError(f"class_weighting must be 'none' or 'median', got {class_weighting!r}.")
+    if class_weighting not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class_weighting must be one of {', '.join(CLASS_WEIGHTINGS)}, got {class_weighting!r}.")
     clock = TrainingClock(settings.train_minutes)  # the time cap counts from here
     learning_rate = default_learning_rate(settings) if learning_rate is None else learning_rate
     keras.utils.set_random_seed(settings.seed)
@@ -389,8 +411,9 @@ def train(
     report = require_clean_data(data_dir)
     info = data.read_dataset_info(data_dir)
     weights = None
-    if class_weighting == "median":  # the check has already counted every mask's pixels
-        weights = data.median_frequency_weights(report.splits["train"].label_counts[: info.num_classes])
+    if class_weighting != "none":  # the check has already counted every mask's pixels
+        counts = report.splits["train"].label_counts[: info.num_classes]
+        weights = data.median_frequency_weights(counts, power=CLASS_WEIGHTINGS[class_weighting])
     num_train = report.splits["train"].pairs
     steps = data.steps_per_epoch(num_train, settings.batch_size)
     strategy = distribute.make_strategy(settings.strategy)
