@@ -17,7 +17,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from child import run_row  # noqa: E402
 
 from helpers import data, evaluate, reference, synthetic  # noqa: E402
 from helpers.config import load_settings  # noqa: E402
@@ -275,14 +275,9 @@ def main() -> int:
     passthrough += ["--steps", str(args.steps), "--quality", str(args.quality)]
     for spec in specs:
         print(f"measuring: {spec['name']}", flush=True)
-        done = subprocess.run(
-            [sys.executable, __file__, *passthrough, "--one", json.dumps(spec)], capture_output=True, text=True
-        )
-        rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
-        if done.returncode or not rows:
-            print(f"  failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-1:]}", flush=True)
-            continue
-        result["variants"].append(json.loads(rows[0]))
+        row = run_row([sys.executable, __file__, *passthrough, "--one", json.dumps(spec)])
+        if row is not None:
+            result["variants"].append(row)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")

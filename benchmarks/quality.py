@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from child import run_row
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -76,13 +77,12 @@ def run_recipe(name: str, minutes: float, data_dir: Path, image_size: int, out: 
         **recipe.get("env", {}),
     }
     settings = load_settings(env)
+    info = data.read_dataset_info(data_dir)
     model = None
     if recipe.get("model"):
-        info = data.read_dataset_info(data_dir)
         keras.utils.set_random_seed(settings.seed)
         model = build_model(settings, info.num_classes, **recipe["model"])
     result = train(settings, model=model, verbose=2, resume=False, **recipe.get("train", {}))
-    info = data.read_dataset_info(data_dir)
     split = evaluate.default_split(data_dir)
     scores = evaluate.evaluate_model(result.model, data_dir, info, settings.image_size, split).scores
     return {
@@ -101,6 +101,7 @@ def run_reference(minutes: float, data_dir: Path, image_size: int) -> dict:
     import tensorflow as tf
 
     from helpers import data, evaluate, reference
+    from helpers.config import UNCAPPED_EPOCHS
     from helpers.imageio import read_image
     from helpers.metrics import ConfusionMatrix
     from helpers.train import TrainingClock
@@ -116,7 +117,7 @@ def run_reference(minutes: float, data_dir: Path, image_size: int) -> dict:
     stream = reference.reference_data_generator(images, masks, batch, size)
     stream = stream.map(lambda x, y: (x, tf.where(y == void, tf.zeros_like(y), y))).repeat()
     steps = data.steps_per_epoch(len(images), batch)
-    model.fit(stream, steps_per_epoch=steps, epochs=UNCAPPED, callbacks=[clock], verbose=2)
+    model.fit(stream, steps_per_epoch=steps, epochs=UNCAPPED_EPOCHS, callbacks=[clock], verbose=2)
     seconds = clock.elapsed()
     split = evaluate.default_split(data_dir)
     matrix = ConfusionMatrix(info.num_classes, info.ignore_index)
@@ -133,9 +134,6 @@ def run_reference(minutes: float, data_dir: Path, image_size: int) -> dict:
         "per_class": scores.as_dict(info.classes)["per_class_iou"],
         "split": split,
     }
-
-
-UNCAPPED = 10_000
 
 
 def markdown(result: dict) -> str:
@@ -206,12 +204,9 @@ def main() -> int:
             print(f"training for {minutes:g} min: {name}", flush=True)
             command = [sys.executable, __file__, "--data", str(data_dir), "--image-size", str(args.image_size)]
             command += ["--out", str(out), "--one", name, str(minutes)]
-            done = subprocess.run(command, capture_output=True, text=True)
-            rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
-            if done.returncode or not rows:
-                print(f"  failed (exit {done.returncode}): {done.stderr.strip().splitlines()[-3:]}", flush=True)
+            row = run_row(command)
+            if row is None:
                 continue
-            row = json.loads(rows[0])
             print(f"  {row['epochs']} epochs, mIoU {row['miou']:.3f}", flush=True)
             result["rows"].append(row)
             (out / "quality.json").write_text(json.dumps(result, indent=2) + "\n")  # partial results survive
