@@ -53,6 +53,11 @@ RECIPES: dict[str, dict] = {
     "whole MobileNetV2 (atrous last stage), 256-channel head, no class weights": _recipe(
         256, "none", model={"whole_encoder": True}
     ),
+    "64-channel head, median-frequency weights": _recipe(64, "median"),
+    "64-channel head, sqrt-median weights, shorter side 320": {
+        **_recipe(64, "sqrt-median"),
+        "env": {"DEEPLAB_IMAGE_SIZE": "320"},
+    },
 }
 DEFAULT = "64-channel head, sqrt-median weights (the default)"
 REFERENCE = "reference tutorial (taps corrected)"
