@@ -5,8 +5,8 @@ VENV ?= .venv
 EXTRAS ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(EXTRAS)
-# Colab's GPU runtime as published in August 2026, minus Python 3.13 (tested on this Python).
-COLAB_PINS := tensorflow-cpu==2.20.0 keras==3.13.2 numpy==2.1.3 matplotlib==3.10.0 ipywidgets==7.7.1
+# The oldest versions pyproject.toml admits: Colab's runtime (tests/oldest-versions.txt says which).
+OLDEST := tests/oldest-versions.txt
 LINT_PATHS := src tests scripts notebooks $(wildcard benchmarks)
 # Unit tests run in two processes: much of a test's time is single-threaded model building and tracing.
 TEST_WORKERS ?= 2
@@ -54,7 +54,7 @@ test-notebooks: install
 test-colab:
 	test -x .venv-colab/bin/python || $(PYTHON) -m venv .venv-colab
 	.venv-colab/bin/python -m pip install -q --upgrade pip
-	.venv-colab/bin/python -m pip install -q $(COLAB_PINS) -e ".[dev]"
+	.venv-colab/bin/python -m pip install -q -r $(OLDEST) -e ".[dev]"
 	.venv-colab/bin/python $(PYTEST) -m "not slow" tests
 
 lab: install

@@ -8,8 +8,13 @@ from packaging.requirements import Requirement
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 ROOT = Path(__file__).resolve().parents[1]
-# Colab's GPU runtime, as its published package list showed in August 2026.
-COLAB = {"keras": "3.13.2", "numpy": "2.1.3", "matplotlib": "3.10.0", "ipywidgets": "7.7.1", "tensorflow": "2.20.0"}
+
+
+def oldest_versions() -> dict[str, str]:
+    """tests/oldest-versions.txt (what `make test-colab` installs) as name -> version."""
+    lines = (ROOT / "tests/oldest-versions.txt").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    return {pin.name: str(pin.specifier).removeprefix("==") for pin in pins}
 
 
 def requirements(group=None):
@@ -23,13 +28,23 @@ def test_core_dependencies_never_pull_tensorflow():
     assert not names & {"tensorflow", "tensorflow-cpu", "tf-keras"}
 
 
-def test_colab_versions_satisfy_every_core_range():
-    for req in requirements():
-        if req.name in COLAB:
-            assert req.specifier.contains(COLAB[req.name]), f"{req} would replace Colab's {req.name} {COLAB[req.name]}"
+def lower_bound(req: Requirement) -> str:
+    (bound,) = [spec.version for spec in req.specifier if spec.operator == ">="]
+    return bound
+
+
+def test_every_lower_bound_is_the_version_make_test_colab_installs():
+    oldest = oldest_versions()
+    for req in requirements() + requirements("cpu"):
+        assert req.name in oldest, f"{req.name} has no pinned oldest version in tests/oldest-versions.txt"
+        assert req.specifier.contains(oldest[req.name]), f"{req} excludes the tested {oldest[req.name]}"
+        # 3.10 and 3.10.0 are the same bound; padding the shorter one compares them
+        bound, pinned = lower_bound(req).split("."), oldest[req.name].split(".")
+        assert bound + ["0"] * (len(pinned) - len(bound)) == pinned, f"{req}'s lower bound is not what is tested"
 
 
 def test_tensorflow_extras_admit_colab_and_the_newest_release():
+    tested = oldest_versions()["tensorflow-cpu"]
     for group, name in (("cpu", "tensorflow-cpu"), ("gpu", "tensorflow")):
         (req,) = requirements(group)
-        assert req.name == name and req.specifier.contains("2.20.0") and req.specifier.contains("2.21.0")
+        assert req.name == name and req.specifier.contains(tested) and req.specifier.contains("2.21.0")
