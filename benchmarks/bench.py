@@ -29,11 +29,13 @@ import tensorflow as tf  # noqa: E402
 from child import run_row  # noqa: E402
 
 from helpers import data, evaluate, reference, synthetic  # noqa: E402
+from helpers.callbacks import PolyLearningRate  # noqa: E402
 from helpers.config import load_settings  # noqa: E402
 from helpers.flops import count_flops  # noqa: E402
+from helpers.kernels import with_keras_batch_norm  # noqa: E402
 from helpers.metrics import ConfusionMatrix  # noqa: E402
 from helpers.model import build_deeplabv3_plus  # noqa: E402
-from helpers.train import PolyLearningRate, compile_model, default_learning_rate  # noqa: E402
+from helpers.train import compile_model, default_learning_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # what `python -m helpers train` uses for a model trained from scratch (every variant here is)
@@ -82,11 +84,9 @@ def course_variant(
     data_dir, info, size, batch, name="course default", jit_compile=False, keras_bn=False, **model_kwargs
 ):
     def build():
-        if keras_bn:  # measure what the fused batch norm buys: fall back to Keras's own
-            from helpers.model import FusedBatchNormalization
-
-            FusedBatchNormalization.call = keras.layers.BatchNormalization.call
         model = build_deeplabv3_plus(info.num_classes, weights=None, **model_kwargs)
+        if keras_bn:  # measure what the fused batch norm buys: the same model with Keras's own
+            model = with_keras_batch_norm(model)
         return compile_model(model, info, jit_compile=jit_compile)
 
     def dataset():

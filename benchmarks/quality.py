@@ -106,10 +106,10 @@ def run_reference(minutes: float, data_dir: Path, image_size: int) -> dict:
     import tensorflow as tf
 
     from helpers import data, evaluate, reference
+    from helpers.callbacks import TrainingClock
     from helpers.config import UNCAPPED_EPOCHS
     from helpers.imageio import read_image
     from helpers.metrics import ConfusionMatrix
-    from helpers.train import TrainingClock
 
     clock = TrainingClock(minutes)
     info = data.read_dataset_info(data_dir)

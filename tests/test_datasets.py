@@ -3,6 +3,7 @@
 import io
 import json
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -168,6 +169,22 @@ def test_download_verifies_and_records_the_checksum(tmp_path, monkeypatch):
     path.write_bytes(b"damaged")  # the cache goes bad later
     with pytest.raises(datasets.DownloadError, match="does not match its checksum"):
         datasets.download("https://example.invalid/a.zip", path)
+
+
+def test_download_gives_the_file_keras_get_file_gives(tmp_path):
+    import hashlib
+
+    import keras
+
+    source = tmp_path / "served" / "data.zip"
+    source.parent.mkdir()
+    source.write_bytes(bytes(range(256)) * 64)
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    ours = datasets.download(source.as_uri(), tmp_path / "ours" / "data.zip", sha256=digest)
+    by_keras = keras.utils.get_file(
+        "data.zip", source.as_uri(), file_hash=digest, cache_dir=str(tmp_path / "keras"), cache_subdir=""
+    )
+    assert ours.read_bytes() == Path(by_keras).read_bytes() == source.read_bytes()
 
 
 def test_incomplete_camvid_copy_is_refused(tmp_path):

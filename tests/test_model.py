@@ -4,13 +4,8 @@ import pytest
 
 import helpers  # noqa: F401 - registers the custom layers
 from helpers import reference
-from helpers.model import (
-    ImagePreprocessing,
-    WeightsUnavailableError,
-    aspp,
-    build_deeplabv3_plus,
-    build_encoder,
-)
+from helpers.backbones import ImagePreprocessing, WeightsUnavailableError, build_encoder
+from helpers.model import aspp, build_deeplabv3_plus
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +22,11 @@ def test_resnet50_model_builds_for_fixed_shapes_and_outputs_input_size(height, w
 
 
 def test_one_training_step_runs_and_changes_the_weights():
-    model = build_deeplabv3_plus(3, input_shape=(256, 256, 3), backbone="resnet50", weights=None)
+    model = build_deeplabv3_plus(3, input_shape=(64, 64, 3), backbone="resnet50", weights=None)
     model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     before = model.get_layer("logits").get_weights()[0].copy()
-    x = np.random.default_rng(0).uniform(0, 255, (2, 256, 256, 3)).astype(np.float32)
-    y = np.random.default_rng(1).integers(0, 3, (2, 256, 256))
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 3, (2, 64, 64))
     loss = model.train_on_batch(x, y)
     assert np.isfinite(loss)
     assert not np.allclose(before, model.get_layer("logits").get_weights()[0])
@@ -158,7 +153,7 @@ def test_num_classes_must_be_at_least_two():
 def test_native_dilated_conv_probe_tells_the_truth():
     import tensorflow as tf
 
-    from helpers.model import native_dilated_conv_trains
+    from helpers.kernels import native_dilated_conv_trains
 
     x, kernel = tf.ones((1, 9, 9, 2)), tf.ones((3, 3, 2, 3))
     try:
@@ -180,40 +175,47 @@ def test_native_dilated_conv_probe_tells_the_truth():
     assert answers == [works]
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "fallback"])
-@pytest.mark.parametrize("rate, size", [(2, 16), (6, 8), (18, 8)])
-def test_atrous_conv_matches_keras_in_value_and_gradient(rate, size, native, monkeypatch):
+def explicitly_dilated(kernel, rate: int):
+    """A 3x3 kernel spread out by hand: taps ``rate`` apart, zeros between (the definition of atrous)."""
     import tensorflow as tf
 
-    from helpers import model as model_module
-    from helpers.model import AtrousConv2D
+    size = 2 * rate + 1
+    taps = [[i * rate, j * rate] for i in range(3) for j in range(3)]
+    return tf.scatter_nd(taps, tf.reshape(kernel, (9, *kernel.shape[2:])), (size, size, *kernel.shape[2:]))
 
-    if native and not model_module.native_dilated_conv_trains():
-        pytest.skip("this TensorFlow cannot differentiate a native dilated conv (no oneDNN/cuDNN); fallback tested")
-    monkeypatch.setattr(model_module, "native_dilated_conv_trains", lambda: native)
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "fallback"])
+@pytest.mark.parametrize("rate, size", [(2, 16), (6, 8), (18, 8)])
+def test_atrous_conv_matches_an_explicitly_dilated_kernel_in_value_and_gradient(rate, size, native, monkeypatch):
+    import tensorflow as tf
+
+    from helpers import kernels
+    from helpers.kernels import AtrousConv2D
+
+    trains = kernels.native_dilated_conv_trains()  # without oneDNN/cuDNN the native op runs forward only
+    monkeypatch.setattr(kernels, "native_dilated_conv_trains", lambda: native)
     rng = np.random.default_rng(rate)
     x = tf.constant(rng.normal(size=(2, size, size, 8)).astype(np.float32))
-    ours = AtrousConv2D(4, 3, dilation_rate=rate, padding="same", use_bias=False)
-    plain = keras.layers.Conv2D(4, 3, dilation_rate=rate, padding="same", use_bias=False)
-    ours.build(x.shape)
-    plain.build(x.shape)
-    plain.set_weights(ours.get_weights())
+    layer = AtrousConv2D(4, 3, dilation_rate=rate, padding="same", use_bias=False)
+    layer.build(x.shape)
     results = []
-    for layer in (ours, plain):
+    for conv in (layer, lambda x: tf.nn.conv2d(x, explicitly_dilated(layer.kernel, rate), 1, "SAME")):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            y = layer(x)
+            y = conv(x)
             loss = tf.reduce_sum(y * y)
-        results.append((y, *tape.gradient(loss, [x, layer.kernel])))
-    for a, b in zip(*results):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-3)
+        gradients = tape.gradient(loss, [x, layer.kernel]) if trains or not native else []
+        results.append((y, *gradients))
+    assert results[0][0].shape == (2, size, size, 4)
+    for ours, by_hand in zip(*results):
+        np.testing.assert_allclose(ours.numpy(), by_hand.numpy(), rtol=1e-4, atol=1e-3)
 
 
 @pytest.mark.parametrize("shape", [(4, 6, 5, 3), (3, 1, 1, 7)])  # a feature map, and ASPP's pooled 1x1 branch
 def test_fused_batch_norm_matches_keras(shape):
     import tensorflow as tf
 
-    from helpers.model import FusedBatchNormalization
+    from helpers.kernels import FusedBatchNormalization
 
     rng = np.random.default_rng(len(shape))
     x = tf.constant(rng.normal(1.0, 3.0, size=shape).astype(np.float32))
@@ -275,22 +277,22 @@ def test_mixed_precision_computes_in_bfloat16_and_answers_in_float32(tmp_path):
 
 
 def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(monkeypatch):
-    from helpers import model as model_module
+    from helpers import precision
 
-    monkeypatch.setattr(model_module, "_cpu_has_bfloat16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
     expected_gpu = "mixed_float16" if __import__("tensorflow").config.list_physical_devices("GPU") else None
-    assert model_module.resolve_precision("auto") == (expected_gpu or "mixed_bfloat16")
-    monkeypatch.setattr(model_module, "_cpu_has_bfloat16", lambda: False)
-    assert model_module.resolve_precision(None) in ("float32", "mixed_float16")
-    assert model_module.resolve_precision("Float32") == "float32"
+    assert precision.resolve_precision("auto") == (expected_gpu or "mixed_bfloat16")
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: False)
+    assert precision.resolve_precision(None) == (expected_gpu or "float32")
+    assert precision.resolve_precision("Float32") == "float32"
     with pytest.raises(ValueError, match="precision='fp8'"):
-        model_module.resolve_precision("fp8")
+        precision.resolve_precision("fp8")
 
 
 @pytest.mark.parametrize("rate", [1, 6])
 def test_flops_are_counted_by_hand_whichever_atrous_path_this_machine_runs(rate):
     from helpers.flops import count_flops
-    from helpers.model import AtrousConv2D
+    from helpers.kernels import AtrousConv2D
 
     h, w, c_in, c_out = 16, 12, 8, 4
     model = keras.Sequential(
@@ -298,3 +300,23 @@ def test_flops_are_counted_by_hand_whichever_atrous_path_this_machine_runs(rate)
     )
     # one multiply-add per kernel tap, input channel, output channel and output pixel; 2 FLOPs each
     assert count_flops(model, (h, w, c_in)) == 2 * h * w * 3 * 3 * c_in * c_out
+
+
+def test_batch_norm_swaps_keep_the_weights_and_the_answers():
+    from helpers.kernels import FusedBatchNormalization, with_keras_batch_norm, with_synchronized_batch_norm
+
+    model = build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None, separable=True)
+    x = np.random.default_rng(0).uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    expected = model.predict_on_batch(x)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(type(layer) is FusedBatchNormalization and not layer.synchronized for layer in norms)
+    synced = with_synchronized_batch_norm(model)
+    plain = with_keras_batch_norm(model)
+    for copy, kind, synchronized in (
+        (synced, FusedBatchNormalization, True),
+        (plain, keras.layers.BatchNormalization, False),
+    ):
+        copied = [layer for layer in copy.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        assert len(copied) == len(norms)
+        assert all(type(layer) is kind and layer.synchronized is synchronized for layer in copied)
+        np.testing.assert_allclose(copy.predict_on_batch(x), expected, rtol=1e-4, atol=1e-4)

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from helpers import artifacts, data, imageio, predict, train
+from helpers import artifacts, callbacks, data, imageio, predict, train
 from helpers.check import check_dataset
 
 
@@ -115,14 +115,14 @@ class Clock:
 
 def test_with_a_time_cap_the_schedule_plans_steps_from_the_measured_step_time():
     clock = Clock()
-    schedule = train.PolyLearningRate(1.0, total_steps=10**6, clock=clock)
+    schedule = callbacks.PolyLearningRate(1.0, total_steps=10**6, clock=clock)
     clock.now = 30.0  # data check, model build and tracing took 30 s of the 100
     assert schedule.planned_steps(0) == 10**6  # nothing measured yet: warm-up starts from the bottom
     assert schedule.planned_steps(1) == 10**6
     clock.now += 7.0  # 7 steps of 1 s each
     # 63 s left at 1 s a step: 63 more steps after step 8
     assert schedule.planned_steps(8) == 8 + 1 + 63
-    fast = train.PolyLearningRate(1.0, total_steps=50, clock=clock)
+    fast = callbacks.PolyLearningRate(1.0, total_steps=50, clock=clock)
     fast.planned_steps(0), fast.planned_steps(1)
     clock.now += 1.0
     assert fast.planned_steps(11) == 50  # never more than the epochs allow
@@ -133,7 +133,7 @@ def test_warm_up_happens_in_steps_even_when_setup_used_most_of_the_budget(tmp_pa
     clock.now = 90.0  # a slow machine: 90 of 100 s gone before the first step
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.Adam(1.0), "mse")
-    schedule = train.PolyLearningRate(1.0, total_steps=10**6, clock=clock)
+    schedule = callbacks.PolyLearningRate(1.0, total_steps=10**6, clock=clock)
     schedule.set_model(model)
     rates = []
     for step in range(4):

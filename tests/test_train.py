@@ -1,22 +1,24 @@
 import json
 import subprocess
 import sys
+import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import artifacts, data, evaluate, predict, train
+from helpers import artifacts, callbacks, data, evaluate, predict, train
 from helpers.config import load_settings
 
 
 def test_poly_schedule_by_hand():
-    assert train.poly_learning_rate(0.0, 1.0, warmup=0.1) == pytest.approx(0.1)
-    assert train.poly_learning_rate(0.05, 1.0, warmup=0.1) == pytest.approx(0.55)
-    assert train.poly_learning_rate(0.1, 1.0, warmup=0.1) == pytest.approx(1.0)
-    assert train.poly_learning_rate(0.55, 1.0, warmup=0.1) == pytest.approx(0.5**0.9)
-    assert train.poly_learning_rate(1.0, 1.0, warmup=0.1) == 0.0
+    assert callbacks.poly_learning_rate(0.0, 1.0, warmup=0.1) == pytest.approx(0.1)
+    assert callbacks.poly_learning_rate(0.05, 1.0, warmup=0.1) == pytest.approx(0.55)
+    assert callbacks.poly_learning_rate(0.1, 1.0, warmup=0.1) == pytest.approx(1.0)
+    assert callbacks.poly_learning_rate(0.55, 1.0, warmup=0.1) == pytest.approx(0.5**0.9)
+    assert callbacks.poly_learning_rate(1.0, 1.0, warmup=0.1) == 0.0
 
 
 def test_loss_ignores_the_ignore_index():
@@ -33,12 +35,55 @@ def test_saved_model_has_no_optimizer_state_and_training_goes_on(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(64), keras.layers.Dense(1)])
     model.compile("adam", "mse")
     model.fit(np.zeros((8, 4)), np.zeros((8, 1)), verbose=0)
-    artifacts.save_model(model, tmp_path / "m.keras")
+    path = artifacts.save_model(model, tmp_path / "m.keras")
+    with zipfile.ZipFile(path) as archive:
+        archive.extract("model.weights.h5", tmp_path)
+    with h5py.File(tmp_path / "model.weights.h5") as weights:
+        assert "layers" in weights and "optimizer" not in weights
     assert model.compiled and model.optimizer is not None
     model.fit(np.zeros((8, 4)), np.zeros((8, 1)), verbose=0)  # the caller's model still trains
+    assert model.optimizer.iterations.numpy() == 2
     again = keras.saving.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(again.layers[0].get_weights()[0].shape, (4, 64))
+    np.testing.assert_array_equal(again.get_layer(model.layers[0].name).get_weights()[0].shape, (4, 64))
     assert not again.compiled
+
+
+def test_json_history_logs_what_keras_csv_logger_logs(tmp_path):
+    import csv
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 3)), rng.normal(size=(16, 1))
+    ours = callbacks.JsonHistory(tmp_path / "history.json")
+    keras_logger = keras.callbacks.CSVLogger(str(tmp_path / "history.csv"))
+    model.fit(x, y, validation_split=0.25, epochs=3, batch_size=4, verbose=0, callbacks=[ours, keras_logger])
+    with open(tmp_path / "history.csv") as rows:
+        logged = list(csv.DictReader(rows))
+    saved = json.loads((tmp_path / "history.json").read_text())["history"]
+    assert len(logged) == 3 and set(saved) == {"loss", "val_loss", "seconds"}
+    for key in ("loss", "val_loss"):
+        np.testing.assert_allclose(saved[key], [float(row[key]) for row in logged], rtol=1e-6)
+
+
+def test_best_model_checkpoint_saves_at_the_epochs_keras_model_checkpoint_does(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])
+    ours = callbacks.BestModelCheckpoint(tmp_path / "best.keras")
+    keras_checkpoint = keras.callbacks.ModelCheckpoint(
+        str(tmp_path / "keras-{epoch}.keras"), monitor="val_miou", mode="max", save_best_only=True
+    )
+    saved_at = []
+    for callback in (ours, keras_checkpoint):
+        callback.set_model(model)
+    for epoch, score in enumerate([0.1, 0.3, 0.2, 0.3, 0.5, float("nan")]):
+        before = (tmp_path / "best.keras").stat().st_mtime_ns if (tmp_path / "best.keras").exists() else None
+        ours.on_epoch_end(epoch, {"loss": 1.0, "val_miou": score})
+        keras_checkpoint.on_epoch_end(epoch, {"loss": 1.0, "val_miou": score})
+        if ours.best_epoch == epoch:
+            saved_at.append(epoch + 1)
+        assert before is None or ours.best_epoch == epoch or (tmp_path / "best.keras").stat().st_mtime_ns == before
+    by_keras = sorted(int(p.stem.split("-")[1]) for p in tmp_path.glob("keras-*.keras"))
+    assert saved_at == by_keras == [1, 2, 5]
 
 
 class FakeTime:
@@ -55,7 +100,7 @@ def capped_clock(monkeypatch):
     fake = FakeTime()
     monkeypatch.setattr(train.time, "monotonic", fake)
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    clock = train.TrainingClock(minutes=1.0)
+    clock = callbacks.TrainingClock(minutes=1.0)
     clock.set_model(model)
     model.stop_training = False
     return clock, model, fake
@@ -168,10 +213,40 @@ def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "helpers", *args], capture_output=True, text=True, env=env)
 
 
-@pytest.mark.parametrize("command", ["info", "generate-data", "train", "evaluate", "predict"])
-def test_cli_help(command):
-    done = run_cli(command, "--help")
-    assert done.returncode == 0 and "usage:" in done.stdout
+def test_cli_help_lists_every_command():
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for command in ("info", "generate-data", "check-data", "prepare-data", "train", "evaluate", "predict", "export"):
+        assert command in done.stdout
+
+
+@pytest.mark.parametrize(
+    "command, options",
+    [
+        ("info", ["--image-size", "--backbone"]),
+        ("generate-data", ["--num-train", "--overwrite"]),
+        ("train", ["--class-weighting", "--learning-rate", "--restart", "--train-minutes"]),
+        ("evaluate", ["--tta", "--split"]),
+        ("predict", ["input", "output", "--native-size"]),
+    ],
+)
+def test_cli_help_shows_each_commands_own_options(command, options, capsys):
+    from helpers.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_code:
+        build_parser().parse_args([command, "--help"])
+    shown = capsys.readouterr().out
+    assert exit_code.value.code == 0 and f"usage: python -m helpers {command}" in shown
+    assert all(option in shown for option in options), shown
+
+
+def test_training_logs_a_line_per_epoch_unless_on_a_terminal(monkeypatch):
+    from helpers import cli
+
+    monkeypatch.setattr(cli.sys.stdout, "isatty", lambda: False)
+    assert cli.default_verbosity() == 2
+    monkeypatch.setattr(cli.sys.stdout, "isatty", lambda: True)
+    assert cli.default_verbosity() == 1
 
 
 def test_cli_generate_data_and_bad_setting(tmp_path):

@@ -1,9 +1,11 @@
 """Helpers for the DeepLabV3+ course: one module per idea.
 
 ``config`` settings, ``synthetic`` built-in data, ``data`` layout and tf.data
-pipeline, ``model`` DeepLabV3+ and ASPP, ``metrics`` mIoU, ``train`` fitting,
+pipeline, ``model`` the DeepLabV3+ architecture (ASPP, decoder), ``backbones`` the
+encoders it taps, ``kernels`` faster kernels for the same maths, ``precision`` number
+formats, ``metrics`` mIoU, ``train`` fitting, ``callbacks`` what fitting watches,
 ``evaluate``, ``predict``, ``viz`` pictures, ``artifacts`` files a run writes,
-``reference`` the reference tutorial's code, kept for comparison.
+``distribute`` several devices, ``reference`` the reference tutorial's code, kept for comparison.
 """
 
 from __future__ import annotations

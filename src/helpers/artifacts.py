@@ -89,15 +89,29 @@ def save_model(model, path: str | Path, classes: tuple[str, ...] | None = None) 
         write_json(model_card_path(path), {"classes": list(classes)})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}-partial{path.suffix}")
-    optimizer, compiled = getattr(model, "optimizer", None), getattr(model, "compiled", False)
     try:
-        model.optimizer, model.compiled = None, False
-        model.save(tmp)
+        _uncompiled_view(model).save(tmp)
         os.replace(tmp, path)
     finally:
-        model.optimizer, model.compiled = optimizer, compiled
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _uncompiled_view(model):
+    """The same layers and weights as a new, never-compiled functional model: saving it leaves the optimizer out.
+
+    Keras's ``.keras`` format has no ``include_optimizer`` switch. A model that is not
+    functional (a subclass) is returned as it is and saved with its optimizer.
+    """
+    import keras
+
+    def bare(tensors):  # a single input or output as itself, not as a list of one
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    try:
+        return keras.Model(bare(model.inputs), bare(model.outputs), name=model.name)
+    except (AttributeError, TypeError, ValueError):
+        return model
 
 
 def output_paths(output_dir: str | Path) -> dict[str, Path]:

@@ -92,12 +92,17 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def default_verbosity() -> int:
+    """Keras's progress bar on a terminal; one line per epoch into a file or pipe, where ``\\r`` would pile up."""
+    return 1 if sys.stdout.isatty() else 2
+
+
 def cmd_train(args) -> int:
     from helpers.train import train
 
     settings = _settings(args)
     print(settings.describe())
-    verbose = "auto" if args.verbose is None else args.verbose
+    verbose = default_verbosity() if args.verbose is None else args.verbose
     result = train(
         settings,
         class_weighting=args.class_weighting,
@@ -170,7 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the settings in force")
     _add_setting_flags(p, everything)
     p.set_defaults(func=cmd_info)
+    _add_data_commands(sub)
+    _add_model_commands(sub, everything)
+    return parser
 
+
+def _add_data_commands(sub) -> None:
     p = sub.add_parser("generate-data", help="write the built-in synthetic dataset as PNG files")
     p.add_argument("--out", help="target folder (default: the settings' data directory)")
     p.add_argument("--num-train", type=int)
@@ -197,12 +207,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="new dataset folder")
     p.set_defaults(func=cmd_prepare)
 
+
+def _add_model_commands(sub, everything: list[str]) -> None:
     p = sub.add_parser("train", help="train DeepLabV3+ and write model.keras and history.json")
     p.add_argument("--class-weighting", choices=list(CLASS_WEIGHTINGS), default="sqrt-median")
     p.add_argument(
         "--learning-rate", type=float, help="peak learning rate (default: 4e-3 from scratch, 1e-3 pretrained)"
     )
-    p.add_argument("--verbose", type=int, choices=[0, 1, 2], help="Keras progress: 0 silent, 1 bar, 2 a line per epoch")
+    p.add_argument(
+        "--verbose",
+        type=int,
+        choices=[0, 1, 2],
+        help="Keras progress: 0 silent, 1 bar, 2 a line per epoch (default: 1 on a terminal, else 2)",
+    )
     p.add_argument("--restart", action="store_true", help="ignore an interrupted run's state and start from scratch")
     _add_setting_flags(p, everything)
     p.set_defaults(func=cmd_train)
@@ -231,14 +248,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="a .keras file (default: <output dir>/model.keras)")
     _add_setting_flags(p, everything)
     p.set_defaults(func=cmd_export)
-    return parser
 
 
 def main(argv=None) -> int:
+    from helpers.backbones import WeightsUnavailableError
     from helpers.config import SettingsError
     from helpers.data import DatasetError
     from helpers.datasets import DownloadError
-    from helpers.model import WeightsUnavailableError
 
     args = build_parser().parse_args(argv)
     try:

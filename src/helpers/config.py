@@ -171,86 +171,87 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     get = lambda var: env.get(var) or None  # noqa: E731 - empty means unset
 
-    profile = (get("DEEPLAB_PROFILE") or "smoke").strip().lower()
-    if profile not in PROFILES:
-        raise SettingsError(f"DEEPLAB_PROFILE={profile!r} is not a profile; use one of {', '.join(PROFILES)}.")
+    profile = _choice(get, "DEEPLAB_PROFILE", "smoke", PROFILES, "is not a profile")
     defaults = PROFILE_DEFAULTS[profile]
     root = project_root()
-
     dataset, data_dir, dataset_is_default = _dataset_and_folder(get, profile, root)
     output_raw = get("DEEPLAB_OUTPUT_DIR")
-    output_dir = _folder(output_raw, root) if output_raw else root / "build" / "output"
-
-    image_size = defaults["image_size"]
-    if get("DEEPLAB_IMAGE_SIZE"):
-        image_size = _parse_int("DEEPLAB_IMAGE_SIZE", env["DEEPLAB_IMAGE_SIZE"], 32)
-        if image_size % 16:
-            raise SettingsError(
-                f"DEEPLAB_IMAGE_SIZE={image_size} is not a multiple of 16, which DeepLabV3+ needs "
-                f"(its encoder halves the size four times). Try {max(32, round(image_size / 16) * 16)}."
-            )
-    batch_size = defaults["batch_size"]
-    if get("DEEPLAB_BATCH_SIZE"):
-        batch_size = _parse_int("DEEPLAB_BATCH_SIZE", env["DEEPLAB_BATCH_SIZE"], 1)
-    epochs = defaults["epochs"]
-    train_minutes = defaults["train_minutes"]
-    if "DEEPLAB_TRAIN_MINUTES" in env:
-        train_minutes = _parse_minutes("DEEPLAB_TRAIN_MINUTES", env["DEEPLAB_TRAIN_MINUTES"])
-        if train_minutes:  # a time budget of your own: the clock, not the profile's epoch count, ends training
-            epochs = UNCAPPED_EPOCHS
-    if get("DEEPLAB_EPOCHS"):
-        epochs = _parse_int("DEEPLAB_EPOCHS", env["DEEPLAB_EPOCHS"], 1)
-
-    backbone = (get("DEEPLAB_BACKBONE") or str(defaults["backbone"])).strip().lower()
-    if backbone not in BACKBONES:
-        raise SettingsError(f"DEEPLAB_BACKBONE={backbone!r} is not supported; use one of {', '.join(BACKBONES)}.")
-
-    weights = (get("DEEPLAB_WEIGHTS") or str(defaults["weights"])).strip()
-    if weights.lower() in ("imagenet", "none"):
-        weights = weights.lower()
-    elif not Path(weights).expanduser().is_file():
-        raise SettingsError(
-            f"DEEPLAB_WEIGHTS={weights!r} is neither 'imagenet', 'none' nor an existing file. "
-            "Give the path of a backbone weights file (.h5 or .weights.h5), or use 'none' to train from scratch."
-        )
-
-    seed = _parse_int("DEEPLAB_SEED", env["DEEPLAB_SEED"], 0) if get("DEEPLAB_SEED") else 42
-    separable = _parse_flag("DEEPLAB_SEPARABLE", get("DEEPLAB_SEPARABLE") or "1")
-    output_stride = _parse_int("DEEPLAB_OUTPUT_STRIDE", get("DEEPLAB_OUTPUT_STRIDE") or "16", 1)
-    if output_stride not in OUTPUT_STRIDES:
-        raise SettingsError(f"DEEPLAB_OUTPUT_STRIDE={output_stride} is not supported; use 16 or 8.")
-    if output_stride == 8 and backbone == "mobilenetv2":
-        raise SettingsError("DEEPLAB_OUTPUT_STRIDE=8 needs DEEPLAB_BACKBONE=resnet50 (MobileNetV2 is tapped at 16).")
-    precision = (get("DEEPLAB_PRECISION") or "auto").strip().lower()
-    if precision not in PRECISIONS:
-        raise SettingsError(f"DEEPLAB_PRECISION={precision!r} is not supported; use one of {', '.join(PRECISIONS)}.")
-    xla = _parse_flag("DEEPLAB_XLA", get("DEEPLAB_XLA") or "0")
-    strategy = (get("DEEPLAB_STRATEGY") or "default").strip().lower()
-    if strategy not in STRATEGIES:
-        raise SettingsError(f"DEEPLAB_STRATEGY={strategy!r} is not supported; use one of {', '.join(STRATEGIES)}.")
-
+    backbone = _choice(get, "DEEPLAB_BACKBONE", str(defaults["backbone"]), BACKBONES)
+    epochs, train_minutes = _epochs_and_minutes(env, get, defaults)
     return Settings(
         profile=profile,
         dataset=dataset,
         data_dir=data_dir,
-        output_dir=output_dir,
-        image_size=int(image_size),
-        batch_size=int(batch_size),
-        epochs=int(epochs),
+        output_dir=_folder(output_raw, root) if output_raw else root / "build" / "output",
+        image_size=_image_size(get, int(defaults["image_size"])),
+        batch_size=_parse_int("DEEPLAB_BATCH_SIZE", get("DEEPLAB_BATCH_SIZE") or str(defaults["batch_size"]), 1),
+        epochs=epochs,
         train_minutes=train_minutes,
         backbone=backbone,
-        weights=weights,
-        seed=seed,
-        separable=separable,
-        output_stride=output_stride,
-        precision=precision,
-        xla=xla,
-        strategy=strategy,
+        weights=_weights(get, str(defaults["weights"])),
+        seed=_parse_int("DEEPLAB_SEED", get("DEEPLAB_SEED") or "42", 0),
+        separable=_parse_flag("DEEPLAB_SEPARABLE", get("DEEPLAB_SEPARABLE") or "1"),
+        output_stride=_output_stride(get, backbone),
+        precision=_choice(get, "DEEPLAB_PRECISION", "auto", PRECISIONS),
+        xla=_parse_flag("DEEPLAB_XLA", get("DEEPLAB_XLA") or "0"),
+        strategy=_choice(get, "DEEPLAB_STRATEGY", "default", STRATEGIES),
         num_train=int(defaults["num_train"]),
         num_val=int(defaults["num_val"]),
         num_test=int(defaults["num_test"]),
         dataset_is_default=dataset_is_default,
     )
+
+
+def _choice(get, var: str, default: str, allowed, problem: str = "is not supported") -> str:
+    """A setting that must be one of ``allowed`` (case and surrounding spaces do not matter)."""
+    value = (get(var) or default).strip().lower()
+    if value not in allowed:
+        raise SettingsError(f"{var}={value!r} {problem}; use one of {', '.join(allowed)}.")
+    return value
+
+
+def _image_size(get, default: int) -> int:
+    if not get("DEEPLAB_IMAGE_SIZE"):
+        return default
+    image_size = _parse_int("DEEPLAB_IMAGE_SIZE", get("DEEPLAB_IMAGE_SIZE"), 32)
+    if image_size % 16:
+        raise SettingsError(
+            f"DEEPLAB_IMAGE_SIZE={image_size} is not a multiple of 16, which DeepLabV3+ needs "
+            f"(its encoder halves the size four times). Try {max(32, round(image_size / 16) * 16)}."
+        )
+    return image_size
+
+
+def _epochs_and_minutes(env, get, defaults: dict) -> tuple[int, float | None]:
+    """A time budget of your own means the clock, not the profile's epoch count, ends training."""
+    epochs, train_minutes = int(defaults["epochs"]), defaults["train_minutes"]
+    if "DEEPLAB_TRAIN_MINUTES" in env:
+        train_minutes = _parse_minutes("DEEPLAB_TRAIN_MINUTES", env["DEEPLAB_TRAIN_MINUTES"])
+        epochs = UNCAPPED_EPOCHS if train_minutes else epochs
+    if get("DEEPLAB_EPOCHS"):
+        epochs = _parse_int("DEEPLAB_EPOCHS", get("DEEPLAB_EPOCHS"), 1)
+    return epochs, train_minutes
+
+
+def _weights(get, default: str) -> str:
+    weights = (get("DEEPLAB_WEIGHTS") or default).strip()
+    if weights.lower() in ("imagenet", "none"):
+        return weights.lower()
+    if not Path(weights).expanduser().is_file():
+        raise SettingsError(
+            f"DEEPLAB_WEIGHTS={weights!r} is neither 'imagenet', 'none' nor an existing file. "
+            "Give the path of a backbone weights file (.h5 or .weights.h5), or use 'none' to train from scratch."
+        )
+    return weights
+
+
+def _output_stride(get, backbone: str) -> int:
+    output_stride = _parse_int("DEEPLAB_OUTPUT_STRIDE", get("DEEPLAB_OUTPUT_STRIDE") or "16", 1)
+    if output_stride not in OUTPUT_STRIDES:
+        raise SettingsError(f"DEEPLAB_OUTPUT_STRIDE={output_stride} is not supported; use 16 or 8.")
+    if output_stride == 8 and backbone == "mobilenetv2":
+        raise SettingsError("DEEPLAB_OUTPUT_STRIDE=8 needs DEEPLAB_BACKBONE=resnet50 (MobileNetV2 is tapped at 16).")
+    return output_stride
 
 
 def _folder(raw: str, root: Path) -> Path:

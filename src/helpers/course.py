@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import sys
 
 from helpers.config import Settings, load_settings
 
@@ -21,10 +20,6 @@ NOTEBOOKS = [
 
 def colab_url(notebook: str, branch: str = "main") -> str:
     return f"https://colab.research.google.com/github/{COURSE_REPO}/blob/{branch}/notebooks/{notebook}.ipynb"
-
-
-def on_colab() -> bool:
-    return "google.colab" in sys.modules
 
 
 def setup(verbose: bool = True) -> Settings:
@@ -64,7 +59,7 @@ def hardware_note(settings: Settings) -> str:
     """One line on what this run will compute with, and a warning if it does not fit the profile."""
     import tensorflow as tf
 
-    from helpers.model import resolve_precision
+    from helpers.precision import resolve_precision
 
     gpus = tf.config.list_physical_devices("GPU")
     precision = resolve_precision(settings.precision)

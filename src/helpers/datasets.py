@@ -71,6 +71,10 @@ def download(url: str, path: str | Path, sha256: str | None = None, chunk: int =
     With ``sha256`` the file must match it. Either way the checksum of what was downloaded is kept
     in ``<path>.sha256`` and checked again whenever the cached file is reused, so a damaged cache is
     caught instead of silently converted.
+
+    Not ``keras.utils.get_file``, which gives the same file (tested) but starts a broken download
+    over from the first byte (CamVid is hundreds of megabytes, on connections that drop) and, without a
+    published hash, never checks a cached file again.
     """
     path = Path(path)
     record = path.with_name(path.name + ".sha256")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 from helpers.config import STRATEGIES
@@ -55,59 +56,72 @@ def make_strategy(name: str = "default") -> tf.distribute.Strategy:
             json.loads(config)
         except ValueError as err:
             raise StrategyError(f"TF_CONFIG is not valid JSON ({err}): {config!r}") from err
-        _patch_keras_for_multi_worker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise StrategyError(f"DEEPLAB_STRATEGY={name!r} is not a strategy; use one of {', '.join(STRATEGIES)}.")
 
 
-def _patch_keras_for_multi_worker() -> None:
-    """Work around two Keras 3 bugs with ``MultiWorkerMirroredStrategy`` (seen in Keras 3.13 to 3.15).
+# The first Keras release that trains under MultiWorkerMirroredStrategy without MultiWorkerModel.
+# None: not yet (tested up to Keras 3.15). tests/test_distribute.py fails once plain Keras works.
+KERAS_FIXED_IN: tuple[int, int] | None = None
+
+
+def needs_multi_worker_model() -> bool:
+    """True for the Keras versions in which ``fit`` fails under ``MultiWorkerMirroredStrategy``."""
+    import keras
+
+    version = tuple(int(part) for part in keras.version().split(".")[:2])
+    return KERAS_FIXED_IN is None or version < KERAS_FIXED_IN
+
+
+class MultiWorkerModel(keras.Model):
+    """A functional model whose ``fit`` works under ``MultiWorkerMirroredStrategy`` in Keras 3.
+
+    Works around two Keras bugs (tensorflow/tensorflow#72388; seen in Keras 3.13 to 3.15):
 
     1. Before the first step Keras builds the model symbolically from one batch that it
        first averages across all workers with an eager collective, which fails ("Attempt to
        convert a value (PerReplica...) to a Tensor"). The build only needs the batch's shapes
-       and dtypes, which this worker's own shard has.
+       and dtypes, which this worker's own shard has: this class builds from that.
     2. It averages each step's logs across workers with ``reduce("MEAN", axis=0)``, which
-       fails for scalars such as the loss ("Invalid reduction dimension 0"). Scalars are
-       averaged with ``axis=None``.
+       fails for scalars such as the loss ("Invalid reduction dimension 0"). This class's
+       train and test steps return each log as a vector of one, which that reduction
+       averages back to a scalar.
+
+    Same layers, same weights: :func:`for_multi_worker` wraps a built model.
     """
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as keras_tf_trainer
 
-    cls = keras_tf_trainer.TensorFlowTrainer
-    if getattr(cls, "_helpers_multi_worker_patch", False):
-        return
-    original_build, original_reduce = cls._maybe_symbolic_build, keras_tf_trainer.reduce_per_replica
+    def train_step(self, data):
+        return keras.tree.map_structure(_as_vector, super().train_step(data))
 
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if self._distribute_strategy is None or iterator is None:
-            return original_build(self, iterator=iterator, data_batch=data_batch)
+    def test_step(self, data):
+        return keras.tree.map_structure(_as_vector, super().test_step(data))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):  # overrides Keras's (bug 1)
+        if iterator is None or self._distribute_strategy is None:
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
         strategy = self.distribute_strategy
 
         def local(value):
             distributed = isinstance(value, tf.distribute.DistributedValues)
             return strategy.experimental_local_results(value)[0] if distributed else value
 
-        for _, _, it in iterator:
-            batch = tree.map_structure(local, next(it))
-            break
-        with strategy.scope():
-            self._symbolic_build(data_batch=batch)
+        for _, _, batches in iterator:
+            return super()._maybe_symbolic_build(data_batch=keras.tree.map_structure(local, next(batches)))
 
-    def reduce_per_replica(values, strategy, reduction):
-        multi_worker = keras_tf_trainer._collective_all_reduce_multi_worker(strategy)
-        if not multi_worker or reduction not in ("auto", "mean"):
-            return original_reduce(values, strategy, reduction)
 
-        def mean(value):
-            rank = strategy.experimental_local_results(value)[0].shape.rank
-            return strategy.reduce("MEAN", value, axis=0 if rank else None)
+def _as_vector(value):
+    return tf.reshape(value, [1]) if tf.is_tensor(value) and value.shape.rank == 0 else value
 
-        return tree.map_structure(mean, values)
 
-    cls._maybe_symbolic_build = maybe_symbolic_build
-    keras_tf_trainer.reduce_per_replica = reduce_per_replica
-    cls._helpers_multi_worker_patch = True
+def for_multi_worker(model: keras.Model) -> keras.Model:
+    """``model`` (functional) as a :class:`MultiWorkerModel` sharing its layers, where this Keras needs it."""
+    if not needs_multi_worker_model():
+        return model
+
+    def bare(tensors):  # a single input or output as itself, not as a list of one
+        return tensors[0] if len(tensors) == 1 else tensors
+
+    return MultiWorkerModel(bare(model.inputs), bare(model.outputs), name=model.name)
 
 
 def split_cpu(devices: int = 2) -> list:

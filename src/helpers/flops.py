@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from helpers.model import native_atrous_for_inspection
+from helpers.kernels import native_atrous_for_inspection
 
 
 def count_flops(model: keras.Model, input_shape: tuple[int, ...], training: bool = False) -> int:

@@ -76,19 +76,3 @@ def reference_data_generator(image_paths, mask_paths, batch_size: int = 16, imag
     dataset = tf.data.Dataset.from_tensor_slices((image_paths, mask_paths))
     dataset = dataset.map(lambda i, m: reference_load_image_mask(i, m, image_size), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def reference_mean_iou(num_classes: int):
-    """The reference metric as a Keras function metric (Keras averages it over batches)."""
-
-    def mean_iou(y_true, y_pred):
-        y_pred = keras.ops.argmax(y_pred, axis=-1)
-        y_true = keras.ops.squeeze(y_true, axis=-1)
-        ious = []
-        for i in range(num_classes):
-            intersection = keras.ops.sum(keras.ops.cast((y_true == i) & (y_pred == i), "float32"))
-            union = keras.ops.sum(keras.ops.cast((y_true == i) | (y_pred == i), "float32"))
-            ious.append(intersection / (union + keras.config.epsilon()))
-        return keras.ops.mean(keras.ops.stack(ious))
-
-    return mean_iou
