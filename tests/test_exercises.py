@@ -56,6 +56,12 @@ CASES = [
     (exercises.check_restore_size, restore, lambda s, h, w: np.zeros((h, w))),
     (exercises.check_per_replica_batch, lambda g, r: g // r, lambda g, r: g),
     (exercises.check_scaled_learning_rate, lambda lr, b, n: lr * n / b, lambda lr, b, n: lr * b / n),
+    (
+        exercises.check_median_frequency_weights,
+        lambda c: np.median(c / c.sum()) / (c / c.sum()),
+        lambda c: c.mean() / c,  # the mean, not the median
+    ),
+    (exercises.check_poly_schedule, lambda p, lr: lr * (1 - p) ** 0.9, lambda p, lr: lr * (1 - p)),
 ]  # fmt: skip
 
 

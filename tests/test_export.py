@@ -74,7 +74,7 @@ def assert_close_to(outputs, reference, tolerance):
     np.testing.assert_array_equal(outputs["mask"], np.argmax(outputs["scores"], axis=-1))
 
 
-def test_tflite_float_and_quantised_agree_with_the_saved_model(model_and_images, tmp_path):
+def test_tflite_float_and_quantised_agree_with_the_saved_model(model_and_images, tmp_path, capfd):
     model, images = model_and_images
     saved = export.export_saved_model(model, tmp_path / "saved")
     serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
@@ -86,6 +86,7 @@ def test_tflite_float_and_quantised_agree_with_the_saved_model(model_and_images,
         reference = {key: value.numpy()[0] for key, value in serve(tf.constant(image[None])).items()}
         assert_close_to(export.tflite_outputs(plain, image), reference, tolerance=1e-3)
         assert_close_to(export.tflite_outputs(small, image), reference, tolerance=0.05)  # measured: 0.6%
+    assert "XNNPACK" not in capfd.readouterr().err  # TensorFlow Lite's start-up notice is hidden
 
 
 def test_the_closeness_check_fails_on_a_broken_export():

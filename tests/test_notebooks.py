@@ -1,5 +1,6 @@
 """The notebooks follow the course's structure and its output policy (stored and normalised)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,13 +47,28 @@ def test_setup_cell_installs_only_on_colab_and_never_tensorflow(name):
     assert "course.setup()" in load(name).cells[2].source
 
 
+def test_importing_helpers_shows_no_native_tensorflow_notices():
+    """The setup cell imports helpers first, so TensorFlow's C++ start-up lines never show as red stderr."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    done = subprocess.run([sys.executable, "-c", "import helpers"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "absl::InitializeLog" not in done.stderr and "oneDNN custom operations" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_setup_cell_starts_tensorflow_through_helpers(name):
+    setup = load(name).cells[1].source
+    assert "\nimport helpers" in setup and setup.index("import helpers") < setup.index("import tensorflow")
+
+
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_teaching_structure(name):
     nb = load(name)
     markdown = "\n".join(sources(nb, "markdown"))
-    for heading in ("## Common pitfalls", "## Exercises", "## Summary"):
+    for heading in ("## Common pitfalls", "## Exercises", "## Summary", "## References"):
         assert heading in markdown, f"{name} lacks {heading}"
     assert markdown.count("<details><summary>Solution</summary>") >= 3
+    assert "arXiv:1802.02611" in markdown, f"{name} does not cite DeepLab v3+"  # every lesson builds on it
     index = NOTEBOOKS.index(name)
     if index + 1 < len(NOTEBOOKS):
         assert f"({NOTEBOOKS[index + 1]}.ipynb)" in markdown

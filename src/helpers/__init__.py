@@ -14,8 +14,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # hide TensorFlow's start-up chatter
 
+from helpers.logs import native_stderr_hidden  # noqa: E402
+
 try:
-    import tensorflow as _tf  # noqa: F401
+    with native_stderr_hidden():
+        import tensorflow as _tf  # noqa: F401
 except ImportError as _err:  # pragma: no cover - depends on the environment
     raise ImportError(
         "The course needs TensorFlow with Keras 3. On Colab it is preinstalled; elsewhere run "

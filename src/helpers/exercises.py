@@ -154,3 +154,35 @@ def check_scaled_learning_rate(fn: Callable) -> bool:
         for lr, b, n in ((1e-3, 8, 32), (4e-3, 8, 8), (1e-2, 256, 64))
     ]
     return _report("scaled learning rate", fn, cases)
+
+
+def check_median_frequency_weights(fn: Callable) -> bool:
+    """``fn(counts) -> weights``: median frequency over each class's frequency (every count above 0)."""
+    return _report(
+        "median-frequency weights",
+        fn,
+        [
+            ("counts 10, 30, 60", (np.array([10, 30, 60]),), [3.0, 1.0, 0.5], _close),
+            (
+                "counts 5, 5, 10, 80 (even count: the median is a mean)",
+                (np.array([5, 5, 10, 80]),),
+                [1.5, 1.5, 0.75, 0.09375],
+                _close,
+            ),
+            ("two equal classes", (np.array([7, 7]),), [1.0, 1.0], _close),
+        ],
+    )
+
+
+def check_poly_schedule(fn: Callable) -> bool:
+    """``fn(progress, base_lr) -> float``: ``base_lr * (1 - progress) ** 0.9``, no warm-up."""
+    return _report(
+        "poly schedule",
+        fn,
+        [
+            ("the start", (0.0, 1e-3), 1e-3, _close),
+            ("half way, base 2", (0.5, 2.0), 2.0 * 0.5**0.9, _close),
+            ("90% of the way", (0.9, 1e-3), 1e-3 * 0.1**0.9, _close),
+            ("the end", (1.0, 1e-3), 0.0, _close),
+        ],
+    )

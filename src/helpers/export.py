@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from helpers import artifacts
+from helpers.logs import native_stderr_hidden
 
 
 def as_float32(model: keras.Model) -> keras.Model:
@@ -85,10 +86,11 @@ def tflite_interpreter(path: str | Path):
 
 def tflite_outputs(path: str | Path, image: np.ndarray) -> dict[str, np.ndarray]:
     """``mask`` (H, W) and ``scores`` (H, W, classes) for one uint8 (H, W, 3) image, from a ``.tflite`` file."""
-    interpreter = tflite_interpreter(path)
-    runner = interpreter.get_signature_runner("serving_default")
-    (name,) = runner.get_input_details()  # the runner resizes the input to this image's shape
-    outputs = runner(**{name: np.asarray(image, np.uint8)[None]})
+    with native_stderr_hidden():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+        interpreter = tflite_interpreter(path)
+        runner = interpreter.get_signature_runner("serving_default")
+        (name,) = runner.get_input_details()  # the runner resizes the input to this image's shape
+        outputs = runner(**{name: np.asarray(image, np.uint8)[None]})
     return {key: value[0] for key, value in outputs.items()}
 
 
