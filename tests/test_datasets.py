@@ -32,7 +32,8 @@ def camvid_fixture(root, per_split=4, shape=(48, 64)):
     return root
 
 
-def tiny_training(data_dir, out):
+def tiny_training(data_dir, out, model):
+    """One epoch of the course's training loop on ``data_dir``, with a tiny model."""
     settings = load_settings(
         {
             "DEEPLAB_DATA_DIR": str(data_dir),
@@ -43,11 +44,11 @@ def tiny_training(data_dir, out):
             "DEEPLAB_BACKBONE": "mobilenetv2",
         }
     )
-    return train.train(settings, verbose=0)
+    return train.train(settings, model=model, verbose=0)
 
 
 @pytest.mark.slow
-def test_camvid_conversion_and_one_training_step(tmp_path):
+def test_camvid_conversion_and_one_training_step(tmp_path, tiny_model):
     target = datasets.convert_camvid(camvid_fixture(tmp_path / "CamVid"), tmp_path / "camvid")
     info = json.loads((target / "classes.json").read_text())
     assert info["classes"] == datasets.CAMVID_CLASSES and len(info["classes"]) == 11
@@ -55,7 +56,7 @@ def test_camvid_conversion_and_one_training_step(tmp_path):
     report = check_dataset(target)
     assert report.ok, report.format()
     assert {s: r.pairs for s, r in report.splits.items()} == {"train": 4, "val": 4, "test": 4}
-    result = tiny_training(target, tmp_path / "out")
+    result = tiny_training(target, tmp_path / "out", tiny_model(11))
     assert result.epochs_run == 1 and np.isfinite(result.history["loss"][0])
 
 
@@ -92,7 +93,7 @@ def pet_examples(n=6, shape=(40, 56)):
 
 
 @pytest.mark.slow
-def test_pet_conversion_and_one_training_step(tmp_path):
+def test_pet_conversion_and_one_training_step(tmp_path, tiny_model):
     target = datasets.convert_pet_examples(pet_examples(), tmp_path / "pets")
     assert data.read_dataset_info(target).classes == ("pet", "background", "border")
     mask = np.asarray(Image.open(target / "train" / "masks" / "Abyssinian_0.png"))
@@ -100,7 +101,7 @@ def test_pet_conversion_and_one_training_step(tmp_path):
     report = check_dataset(target)
     assert report.ok, report.format()
     assert {s: r.pairs for s, r in report.splits.items()} == {"train": 4, "val": 1, "test": 1}
-    result = tiny_training(target, tmp_path / "out")
+    result = tiny_training(target, tmp_path / "out", tiny_model(3))
     assert result.epochs_run == 1 and np.isfinite(result.history["loss"][0])
 
 

@@ -46,6 +46,18 @@ result = {
     "single": single.fit(batches, epochs=3, verbose=0).history["loss"],
     "mirrored": mirrored.fit(batches, epochs=3, verbose=0).history["loss"],
 }
+
+# the course's training loop under the same strategy, in the same process: a second mirrored model,
+# small but with synchronised batch norm (its collectives must not clash with the first model's)
+from helpers import train
+from helpers.config import load_settings
+with strategy.scope():
+    inputs = keras.Input((None, None, 3))
+    features = keras.layers.Conv2D(8, 3, padding="same")(keras.layers.Rescaling(1 / 255)(inputs))
+    features = keras.layers.BatchNormalization(synchronized=True)(features)
+    small = keras.Model(inputs, keras.layers.Conv2D(5, 1)(features))
+trained = train.train(load_settings(), model=small, verbose=0)
+result["course"] = {"epochs": trained.epochs_run, "model": str(trained.model_path)}
 print("RESULT " + json.dumps(result))
 """
 
@@ -75,17 +87,6 @@ print("RESULT " + json.dumps({"replicas": strategy.num_replicas_in_sync, "loss":
 """
 
 
-TRAIN_MIRRORED = r"""
-import json
-from helpers.distribute import split_cpu
-split_cpu(2)
-from helpers import train
-from helpers.config import load_settings
-result = train.train(load_settings(), verbose=0)
-print("RESULT " + json.dumps({"epochs": result.epochs_run, "model": str(result.model_path)}))
-"""
-
-
 def result_of(stdout: str) -> dict:
     return json.loads(next(line[7:] for line in stdout.splitlines() if line.startswith("RESULT ")))
 
@@ -95,21 +96,8 @@ def clean_env() -> dict:
     return {**env, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def test_mirrored_strategy_on_two_cpu_devices_matches_one_device():
-    done = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, env=clean_env())
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = result_of(done.stdout)
-    assert result["replicas"] == 2 and result["copies"] == 2  # every variable mirrored on both devices
-    assert [d.split("/")[-1] for d in result["devices"]] == ["device:CPU:0", "device:CPU:1"]
-    # the same global batch, split 4 + 4 with synchronised batch norm, gives one device's loss; after a few
-    # updates, sums taken in another order drift a little (the steps are large on purpose, to move the loss)
-    assert result["mirrored"][0] == pytest.approx(result["single"][0], rel=1e-4)
-    assert result["mirrored"] == pytest.approx(result["single"], rel=1e-2)
-    assert result["mirrored"][-1] < result["mirrored"][0]  # and it learns
-
-
-@pytest.mark.slow
-def test_the_course_training_runs_under_mirrored_strategy(synthetic_dir, tmp_path):
+@pytest.mark.long
+def test_mirrored_strategy_on_two_cpu_devices_matches_one_device_and_runs_the_course(synthetic_dir, tmp_path):
     env = {
         **clean_env(),
         "DEEPLAB_DATA_DIR": str(synthetic_dir),
@@ -120,10 +108,18 @@ def test_the_course_training_runs_under_mirrored_strategy(synthetic_dir, tmp_pat
         "DEEPLAB_TRAIN_MINUTES": "none",
         "DEEPLAB_STRATEGY": "mirrored",
     }
-    done = subprocess.run([sys.executable, "-c", TRAIN_MIRRORED], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     result = result_of(done.stdout)
-    assert result["epochs"] == 2 and (tmp_path / "model.keras").is_file()
+    assert result["replicas"] == 2 and result["copies"] == 2  # every variable mirrored on both devices
+    assert [d.split("/")[-1] for d in result["devices"]] == ["device:CPU:0", "device:CPU:1"]
+    # the same global batch, split 4 + 4 with synchronised batch norm, gives one device's loss; after a few
+    # updates, sums taken in another order drift a little (the steps are large on purpose, to move the loss)
+    assert result["mirrored"][0] == pytest.approx(result["single"][0], rel=1e-4)
+    assert result["mirrored"] == pytest.approx(result["single"], rel=1e-2)
+    assert result["mirrored"][-1] < result["mirrored"][0]  # and it learns
+    # the course's training loop then runs under the same strategy (a second mirrored model in one process)
+    assert result["course"]["epochs"] == 2 and (tmp_path / "model.keras").is_file()
     assert not (tmp_path / "resume").exists()
 
 
@@ -153,6 +149,7 @@ def run_two_workers(model: str, timeout: float = 600) -> list[tuple[int, str, st
     return finished
 
 
+@pytest.mark.long
 def test_two_local_workers_train_in_step_with_multiworker_mirrored_strategy():
     results = []
     for code, stdout, stderr in run_two_workers("course"):

@@ -1,41 +1,22 @@
 """Export: SavedModel and TensorFlow Lite predict the masks the Keras model predicts."""
 
-import keras
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import export
-from helpers.model import build_deeplabv3_plus
-
-
-def trained_model(precision):
-    # seeded: a model trained this briefly has many near-ties between classes, and how many of them
-    # 8-bit weights flip depends on the initialisation (98-100% agreement seen across seeds)
-    keras.utils.set_random_seed(0)
-    model = build_deeplabv3_plus(4, backbone="mobilenetv2", weights=None, separable=True, precision=precision)
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.uniform(0, 255, (16, 64, 64, 3)).astype(np.float32)
-    y = (x[..., 0] > 128).astype(np.int32) + 2 * (x[..., 1] > 128)  # something learnable, so masks are not flat
-    model.fit(x, y, epochs=2, batch_size=8, verbose=0)
-    return model
-
+from helpers import export, train
 
 IMAGES = [np.random.default_rng(1).integers(0, 255, s, dtype=np.uint8) for s in [(64, 64, 3), (48, 80, 3), (37, 53, 3)]]
-
-
-@pytest.fixture(scope="module")
-def model_and_images():
-    return trained_model("float32"), IMAGES
 
 
 def keras_mask(model, image):
     return np.argmax(model.predict_on_batch(image[None].astype(np.float32))[0], axis=-1)
 
 
-def test_saved_model_takes_uint8_of_any_size_and_matches_keras(model_and_images, tmp_path):
-    model, images = model_and_images
+def test_saved_model_takes_uint8_of_any_size_and_matches_keras(course_model, tmp_path):
+    model, images = course_model, IMAGES  # the course's model, trained briefly on the built-in data
     path = export.export_saved_model(model, tmp_path / "saved")
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     for image in images:
@@ -46,8 +27,10 @@ def test_saved_model_takes_uint8_of_any_size_and_matches_keras(model_and_images,
     print(f"SavedModel: {sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 1e6:.1f} MB")
 
 
-def test_mixed_precision_model_is_exported_in_float32(tmp_path):
-    model = trained_model("mixed_bfloat16")
+def test_mixed_precision_model_is_exported_in_float32(course_run, course_model, tmp_path):
+    model = train.build_model(replace(course_run, precision="mixed_bfloat16"), 5)
+    model.set_weights(course_model.get_weights())  # the trained weights (kept in float32), computed in bfloat16
+    assert model.get_layer("aspp_project").compute_dtype == "bfloat16"
     path = export.export_saved_model(model, tmp_path / "saved")
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
     for image in IMAGES:  # float32 export of a model trained and run in bfloat16: bfloat16's rounding, no more
@@ -74,8 +57,8 @@ def assert_close_to(outputs, reference, tolerance):
     np.testing.assert_array_equal(outputs["mask"], np.argmax(outputs["scores"], axis=-1))
 
 
-def test_tflite_float_and_quantised_agree_with_the_saved_model(model_and_images, tmp_path, capfd):
-    model, images = model_and_images
+def test_tflite_float_and_quantised_agree_with_the_saved_model(course_model, tmp_path, capfd):
+    model, images = course_model, IMAGES
     saved = export.export_saved_model(model, tmp_path / "saved")
     serve = tf.saved_model.load(str(saved)).signatures["serving_default"]
     plain = export.export_tflite(saved, tmp_path / "model.tflite")

@@ -23,7 +23,8 @@ def test_resnet50_model_builds_for_fixed_shapes_and_outputs_input_size(height, w
 
 def test_one_training_step_runs_and_changes_the_weights():
     model = build_deeplabv3_plus(3, input_shape=(64, 64, 3), backbone="resnet50", weights=None)
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(1e-3), loss, run_eagerly=True)  # one step: tracing would cost more
     before = model.get_layer("logits").get_weights()[0].copy()
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 3, (2, 64, 64))
@@ -264,10 +265,12 @@ def test_mixed_precision_computes_in_bfloat16_and_answers_in_float32(tmp_path):
     assert model.get_layer("aspp_project").compute_dtype == "bfloat16"
     assert model.get_layer("aspp_project").variable_dtype == "float32"  # weights stay float32
     assert model.get_layer("logits").compute_dtype == "float32"
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(keras.optimizers.Adam(1e-3), loss, run_eagerly=True)  # one step: tracing would cost more
     x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     y = np.random.default_rng(1).integers(0, 3, (2, 64, 64))
     assert np.isfinite(model.train_on_batch(x, y))
+    model.run_eagerly = False  # predict in a graph, as the reloaded model below does
     out = model.predict_on_batch(x)
     assert out.dtype == np.float32 and out.shape == (2, 64, 64, 3)
     artifacts.save_model(model, tmp_path / "model.keras")

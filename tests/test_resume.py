@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -13,22 +14,20 @@ import numpy as np
 import pytest
 
 from helpers import artifacts, callbacks, train
-from helpers.config import load_settings
-
-EPOCHS = 6
 
 
-def run_env(data_dir: Path, output_dir: Path) -> dict:
+def run_env(settings) -> dict:
+    """The environment that gives ``python -m helpers train`` these settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DEEPLAB_")}
     env.update(
-        DEEPLAB_DATA_DIR=str(data_dir),
-        DEEPLAB_OUTPUT_DIR=str(output_dir),
-        DEEPLAB_IMAGE_SIZE="48",
-        DEEPLAB_BATCH_SIZE="4",
-        DEEPLAB_EPOCHS=str(EPOCHS),
+        DEEPLAB_DATA_DIR=str(settings.data_dir),
+        DEEPLAB_OUTPUT_DIR=str(settings.output_dir),
+        DEEPLAB_IMAGE_SIZE=str(settings.image_size),
+        DEEPLAB_BATCH_SIZE=str(settings.batch_size),
+        DEEPLAB_EPOCHS=str(settings.epochs),
         DEEPLAB_TRAIN_MINUTES="none",
-        DEEPLAB_BACKBONE="mobilenetv2",
-        DEEPLAB_PRECISION="float32",
+        DEEPLAB_BACKBONE=settings.backbone,
+        DEEPLAB_PRECISION=settings.precision,
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     return env
@@ -38,20 +37,16 @@ def train_command() -> list[str]:
     return [sys.executable, "-m", "helpers", "train", "--verbose", "0"]
 
 
-def final_weights(output_dir: Path) -> list[np.ndarray]:
-    return artifacts.load_model(output_dir / "model.keras").get_weights()
-
-
 def history(output_dir: Path) -> dict:
     return json.loads((output_dir / "history.json").read_text())["history"]
 
 
 @pytest.mark.slow
-def test_a_run_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(synthetic_dir, tmp_path):
-    killed, straight = tmp_path / "killed", tmp_path / "straight"
-    state = killed / "resume" / "state.json"
+def test_a_run_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_ends(course_run, tmp_path):
+    killed = replace(course_run, output_dir=tmp_path / "killed")  # course_run: the same run, never interrupted
+    state = killed.output_dir / "resume" / "state.json"
 
-    process = subprocess.Popen(train_command(), env=run_env(synthetic_dir, killed))
+    process = subprocess.Popen(train_command(), env=run_env(killed))
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         if state.is_file() and json.loads(state.read_text())["epochs_done"] >= 2:
@@ -60,44 +55,42 @@ def test_a_run_killed_with_sigkill_resumes_and_ends_where_an_uninterrupted_run_e
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed; make it longer"
     done_before_kill = json.loads(state.read_text())["epochs_done"]
-    assert 2 <= done_before_kill < EPOCHS
+    assert 2 <= done_before_kill < killed.epochs
 
-    resumed = subprocess.run(train_command(), env=run_env(synthetic_dir, killed), capture_output=True, text=True)
+    resumed = subprocess.run(train_command(), env=run_env(killed), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"{done_before_kill} epoch(s) already done" in resumed.stdout
-    assert not (killed / "resume").exists(), "a finished run leaves no resume state"
+    assert not (killed.output_dir / "resume").exists(), "a finished run leaves no resume state"
 
-    subprocess.run(train_command(), env=run_env(synthetic_dir, straight), check=True, capture_output=True)
-    assert len(history(killed)["loss"]) == len(history(straight)["loss"]) == EPOCHS
-    np.testing.assert_allclose(history(killed)["loss"], history(straight)["loss"], rtol=1e-5)
-    for a, b in zip(final_weights(killed), final_weights(straight)):
+    straight = history(course_run.output_dir)
+    assert len(history(killed.output_dir)["loss"]) == len(straight["loss"]) == killed.epochs
+    np.testing.assert_allclose(history(killed.output_dir)["loss"], straight["loss"], rtol=1e-5)
+    weights = [artifacts.load_model(run.output_dir / "model.keras").get_weights() for run in (killed, course_run)]
+    for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.fixture
-def tiny_settings(synthetic_dir, tmp_path):
-    def make(name: str, **extra) -> object:
-        env = {k: v for k, v in run_env(synthetic_dir, tmp_path / name).items() if k.startswith("DEEPLAB_")}
-        env.update({"DEEPLAB_EPOCHS": "2", **extra})
-        return load_settings(env)
-
-    return make
-
-
 @pytest.mark.slow
-def test_same_seed_same_run_even_beside_a_stale_resume_state_and_another_seed_differs(tiny_settings, capsys):
-    first = train.train(tiny_settings("a"), verbose=0)
-    settings = tiny_settings("b")  # the same run again, where a resume state from other settings lies
-    resume = artifacts.output_paths(settings.output_dir)["resume"]
+def test_same_seed_same_run_even_beside_a_stale_resume_state(course_run, tmp_path, capsys):
+    settings = replace(course_run, output_dir=tmp_path / "again")  # the same run, where a resume state
+    resume = artifacts.output_paths(settings.output_dir)["resume"]  # from other settings lies
     resume.mkdir(parents=True)
     artifacts.write_json(resume / "state.json", {"fingerprint": {"learning_rate": 0.5}, "epochs_done": 1})
-    second = train.train(settings, verbose=0)
+    again = train.train(settings, verbose=0)
     assert "used other settings (" in capsys.readouterr().out  # replaced, not used
-    assert second.epochs_run == 2
-    assert first.history["loss"] == second.history["loss"]
-    assert first.history["val_miou"] == second.history["val_miou"]
-    third = train.train(tiny_settings("c", DEEPLAB_SEED="43"), verbose=0)
-    assert third.history["loss"] != first.history["loss"]
+    assert again.epochs_run == settings.epochs
+    first = history(course_run.output_dir)
+    assert again.history["loss"] == first["loss"]
+    assert again.history["val_miou"] == first["val_miou"]
+
+
+def test_another_seed_gives_another_run(course_run, tmp_path, tiny_model):
+    losses = {}
+    for seed in (42, 43):
+        keras.utils.set_random_seed(0)  # the same starting weights: only the run's seed differs
+        settings = replace(course_run, output_dir=tmp_path / str(seed), seed=seed, epochs=1)
+        losses[seed] = train.train(settings, model=tiny_model(5), verbose=0).history["loss"]
+    assert losses[42] != losses[43]  # another shuffle and other augmentations
 
 
 @keras.saving.register_keras_serializable(package="tests")
@@ -121,9 +114,9 @@ class PoisonAfter(keras.layers.Layer):
 
 
 @pytest.mark.slow
-def test_divergence_stops_with_the_causes_and_keeps_the_last_good_epoch(tiny_settings):
-    settings = tiny_settings("nan", DEEPLAB_EPOCHS="4")
-    base = train.build_model(settings, 5)
+def test_divergence_stops_with_the_causes_and_keeps_the_last_good_epoch(course_run, tmp_path, tiny_model):
+    settings = replace(course_run, output_dir=tmp_path / "nan", epochs=4)
+    base = tiny_model(5)
     model = keras.Model(base.input, PoisonAfter(4)(base.output))  # 3 steps per epoch: NaN in epoch 2
     with pytest.raises(train.TrainingDiverged) as info:
         train.train(settings, model=model, verbose=0)

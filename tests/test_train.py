@@ -2,6 +2,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from dataclasses import replace
 
 import h5py
 import keras
@@ -148,40 +149,24 @@ def test_time_cap_counts_the_time_of_interrupted_runs(capped_clock):
     assert model.stop_training
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, synthetic_dir):
-    out = tmp_path_factory.mktemp("out")
-    settings = load_settings(
-        {
-            "DEEPLAB_DATA_DIR": str(synthetic_dir),
-            "DEEPLAB_OUTPUT_DIR": str(out),
-            "DEEPLAB_IMAGE_SIZE": "64",
-            "DEEPLAB_BATCH_SIZE": "4",
-            "DEEPLAB_EPOCHS": "2",
-            "DEEPLAB_BACKBONE": "mobilenetv2",
-        }
-    )
-    return settings, train.train(settings, verbose=0)
-
-
-def test_training_writes_model_and_history(trained):
-    settings, result = trained
-    paths = artifacts.output_paths(settings.output_dir)
-    assert paths["model"].is_file() and result.model_path == paths["model"]
+def test_training_writes_model_and_history(course_run):
+    paths = artifacts.output_paths(course_run.output_dir)
+    assert paths["model"].is_file()
     history = json.loads(paths["history"].read_text())
-    assert len(history["history"]["loss"]) == result.epochs_run == 2
+    assert len(history["history"]["loss"]) == course_run.epochs
     assert {"loss", "miou", "val_loss", "val_miou", "seconds"} <= set(history["history"])
-    assert history["meta"]["settings"]["image_size"] == 64
+    assert history["meta"]["settings"]["image_size"] == course_run.image_size
     reloaded = keras.saving.load_model(paths["model"])
     assert reloaded.predict_on_batch(np.zeros((1, 64, 96, 3), np.float32)).shape == (1, 64, 96, 5)
-    assert not list(settings.output_dir.glob(".*partial*")), "no temporary files left behind"
+    assert not list(course_run.output_dir.glob(".*partial*")), "no temporary files left behind"
+    assert not (course_run.output_dir / "resume").exists(), "a finished run leaves no resume state"
     assert not reloaded.compiled  # saved for inference: no optimizer state in the file
 
 
-def test_evaluation_writes_metrics_json(trained):
-    settings, result = trained
-    evaluation = evaluate.evaluate(settings, result.model, split="test")
-    metrics = json.loads((settings.output_dir / "metrics.json").read_text())
+def test_evaluation_writes_metrics_json(course_run, course_model, tmp_path):
+    settings = replace(course_run, output_dir=tmp_path)
+    evaluation = evaluate.evaluate(settings, course_model, split="test")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["split"] == "test" and metrics["num_images"] == 4
     assert set(metrics["per_class_iou"]) == {"background", "road", "car", "pedestrian", "building"}
     assert 0.0 <= metrics["miou"] <= 1.0 and 0.0 <= metrics["pixel_accuracy"] <= 1.0
@@ -191,21 +176,19 @@ def test_evaluation_writes_metrics_json(trained):
     assert np.sum(evaluation.confusion) == sum(np.sum(m != 255) for m in masks)
 
 
-def test_predict_maps_masks_back_to_the_original_size(trained, tmp_path):
-    _, result = trained
+def test_predict_maps_masks_back_to_the_original_size(course_run, course_model, tmp_path):
     image = np.random.default_rng(0).integers(0, 255, (50, 70, 3)).astype(np.uint8)
-    mask = predict.predict_mask(result.model, image, image_size=64)
+    mask = predict.predict_mask(course_model, image, image_size=course_run.image_size)
     assert mask.shape == (50, 70) and mask.dtype == np.uint8 and mask.max() < 5
     Image.fromarray(image).save(tmp_path / "a.png")
     Image.fromarray(image).convert("L").save(tmp_path / "b.jpg")
-    written = predict.predict_folder(result.model, tmp_path, tmp_path / "masks", 64).written
+    written = predict.predict_folder(course_model, tmp_path, tmp_path / "masks", course_run.image_size).written
     assert [p.name for p in written] == ["a.png", "b.png"]
     assert np.asarray(Image.open(written[1])).shape == (50, 70)
 
 
-def test_load_or_train_uses_the_saved_model(trained, capsys):
-    settings, _ = trained
-    train.load_or_train(settings)
+def test_load_or_train_uses_the_saved_model(course_run, capsys):
+    train.load_or_train(course_run)
     assert "Loaded the trained model" in capsys.readouterr().out
 
 
@@ -269,3 +252,19 @@ def test_an_unknown_class_weighting_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="none, median, sqrt-median.*'inverse'"):
         train.train(settings, class_weighting="inverse")
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_compiled_model_traces_its_training_step_once():
+    traces = []
+
+    class CountingTraces(keras.Model):
+        def train_step(self, batch):
+            traces.append(1)  # runs only while TensorFlow traces the step
+            return super().train_step(batch)
+
+    inputs = keras.Input((4, 4, 3))
+    model = CountingTraces(inputs, keras.layers.Conv2D(3, 1)(inputs))
+    train.compile_model(model, data.DatasetInfo(classes=("a", "b", "c")))
+    x, y = np.zeros((8, 4, 4, 3), np.float32), np.zeros((8, 4, 4), np.int32)
+    model.fit(x, y, epochs=2, batch_size=4, verbose=0)
+    assert len(traces) == 1  # optimizer variables made inside the first trace make TensorFlow trace it again

@@ -97,19 +97,27 @@ def save_model(model, path: str | Path, classes: tuple[str, ...] | None = None) 
     return path
 
 
-def _uncompiled_view(model):
-    """The same layers and weights as a new, never-compiled functional model: saving it leaves the optimizer out.
+def same_layers(model, model_class=None):
+    """A new functional model (of ``model_class``, default ``keras.Model``) over ``model``'s layers and weights.
 
-    Keras's ``.keras`` format has no ``include_optimizer`` switch. A model that is not
-    functional (a subclass) is returned as it is and saved with its optimizer.
+    Nothing is copied: the new model is another view of the same graph, never compiled.
     """
     import keras
 
     def bare(tensors):  # a single input or output as itself, not as a list of one
         return tensors[0] if len(tensors) == 1 else tensors
 
+    return (model_class or keras.Model)(bare(model.inputs), bare(model.outputs), name=model.name)
+
+
+def _uncompiled_view(model):
+    """The same layers and weights as a never-compiled functional model: saving it leaves the optimizer out.
+
+    Keras's ``.keras`` format has no ``include_optimizer`` switch. A model that is not
+    functional (a subclass) is returned as it is and saved with its optimizer.
+    """
     try:
-        return keras.Model(bare(model.inputs), bare(model.outputs), name=model.name)
+        return same_layers(model)
     except (AttributeError, TypeError, ValueError):
         return model
 

@@ -13,12 +13,14 @@ computed over the global batch, as on one device.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
 import keras
 import tensorflow as tf
 
+from helpers.artifacts import same_layers
 from helpers.config import STRATEGIES
 
 
@@ -27,10 +29,20 @@ class StrategyError(RuntimeError):
 
 
 def make_strategy(name: str = "default") -> tf.distribute.Strategy:
-    """The ``tf.distribute`` strategy called ``name`` (see the module docstring)."""
+    """The ``tf.distribute`` strategy called ``name`` (see the module docstring).
+
+    Made once per process and then reused: two ``MirroredStrategy`` objects number their
+    collective operations from the same start, so a model trained under a second one (with
+    synchronised batch norm) clashes with the first ("Shape mismatch in the collective instance").
+    """
     name = (name or "default").strip().lower()
     if name == "default":
         return tf.distribute.get_strategy()
+    return _strategy_once(name)
+
+
+@functools.cache
+def _strategy_once(name: str) -> tf.distribute.Strategy:
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
     if name == "tpu":
@@ -117,11 +129,7 @@ def for_multi_worker(model: keras.Model) -> keras.Model:
     """``model`` (functional) as a :class:`MultiWorkerModel` sharing its layers, where this Keras needs it."""
     if not needs_multi_worker_model():
         return model
-
-    def bare(tensors):  # a single input or output as itself, not as a list of one
-        return tensors[0] if len(tensors) == 1 else tensors
-
-    return MultiWorkerModel(bare(model.inputs), bare(model.outputs), name=model.name)
+    return same_layers(model, MultiWorkerModel)
 
 
 def split_cpu(devices: int = 2) -> list:

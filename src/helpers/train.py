@@ -96,6 +96,8 @@ def compile_model(
     """Adam, cross-entropy with the ignore index (and optional class weights), streaming mIoU; XLA if asked.
 
     With a ``mixed_float16`` model Keras wraps the optimiser in loss scaling by itself.
+    The optimiser's variables are made here: made inside the first training step (Keras's
+    default without a distribution strategy), they make TensorFlow trace that step twice.
     """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
@@ -103,6 +105,7 @@ def compile_model(
         metrics=[make_miou_metric(info.num_classes, info.ignore_index)],
         jit_compile=jit_compile,
     )
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
