@@ -10,7 +10,7 @@ OLDEST := tests/oldest-versions.txt
 LINT_PATHS := src tests scripts notebooks $(wildcard benchmarks)
 # Unit tests run in two processes: much of a test's time is single-threaded model building and tracing.
 TEST_WORKERS ?= 2
-PYTEST := -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
+PYTEST := -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cacheprovider
 
 # Real photographs for development (CamVid's train and val splits); absent for learners, present in CI.
