@@ -3,11 +3,13 @@ import subprocess
 import sys
 import zipfile
 from dataclasses import replace
+from pathlib import Path
 
 import h5py
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from helpers import artifacts, callbacks, data, evaluate, predict, train
@@ -268,3 +270,28 @@ def test_compiled_model_traces_its_training_step_once():
     x, y = np.zeros((8, 4, 4, 3), np.float32), np.zeros((8, 4, 4), np.int32)
     model.fit(x, y, epochs=2, batch_size=4, verbose=0)
     assert len(traces) == 1  # optimizer variables made inside the first trace make TensorFlow trace it again
+
+
+def tensorboard_events(folder: Path) -> dict[str, list]:
+    """Every value TensorBoard would read from ``folder``'s event files, by tag."""
+    from tensorflow.core.util import event_pb2
+
+    values: dict[str, list] = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        for record in tf.data.TFRecordDataset(str(path)):
+            for value in event_pb2.Event.FromString(record.numpy()).summary.value:
+                values.setdefault(value.tag, []).append(value)
+    return values
+
+
+def test_training_writes_tensorboard_curves_and_a_prediction_per_epoch(course_run):
+    logs = artifacts.output_paths(course_run.output_dir)["tensorboard"]
+    for split in ("train", "validation"):
+        events = tensorboard_events(logs / split)
+        assert len(events["epoch_loss"]) == len(events["epoch_miou"]) == course_run.epochs, sorted(events)
+    images = tensorboard_events(logs / "images")[callbacks.PredictionImages.TAG]
+    assert len(images) == course_run.epochs
+    width, height, png = images[-1].tensor.string_val
+    strip = tf.io.decode_png(png).numpy()  # image, truth and prediction side by side
+    assert (int(height), int(width)) == strip.shape[:2] == (48, 3 * 64)  # 240x320 at shorter side 48: 48x64
+    assert len(np.unique(strip[:, 64:128].reshape(-1, 3), axis=0)) > 1  # the truth panel is a mask, not blank

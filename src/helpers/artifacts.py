@@ -4,6 +4,7 @@
 ``<output_dir>/history.json``  per-epoch losses and metrics
 ``<output_dir>/metrics.json``  evaluation: mIoU, per-class IoU, pixel accuracy, split, number of images
 ``<output_dir>/resume/``       an unfinished run's last epoch (weights, optimizer, schedule); gone once it finishes
+``<output_dir>/tensorboard/``  TensorBoard logs: the curves, and one validation prediction per epoch
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.json"
 METRICS_FILE = "metrics.json"
 RESUME_DIR = "resume"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def jsonable(value):
@@ -129,6 +131,7 @@ def output_paths(output_dir: str | Path) -> dict[str, Path]:
         "history": output_dir / HISTORY_FILE,
         "metrics": output_dir / METRICS_FILE,
         "resume": output_dir / RESUME_DIR,
+        "tensorboard": output_dir / TENSORBOARD_DIR,
     }
 
 

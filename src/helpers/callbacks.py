@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from helpers import artifacts
 
@@ -143,6 +144,47 @@ class JsonHistory(keras.callbacks.Callback):
 
     def set_state(self, state: dict) -> None:
         self.history = {k: list(v) for k, v in state["history"].items()}
+
+
+def tensorboard_logs(log_dir: str | Path) -> keras.callbacks.TensorBoard:
+    """Keras's own TensorBoard callback: the curves of every epoch, for ``%tensorboard --logdir``."""
+    return keras.callbacks.TensorBoard(str(log_dir), write_graph=False, update_freq="epoch", profile_batch=0)
+
+
+class PredictionImages(keras.callbacks.Callback):
+    """Logs one validation image, its true mask and the model's mask to TensorBoard after every epoch.
+
+    Keras's ``TensorBoard`` callback logs numbers and weights; a segmentation mask is best judged
+    by eye, so this one shows how the prediction on the same image changes as training goes on.
+    """
+
+    TAG = "validation image | truth | prediction"
+
+    def __init__(self, log_dir: str | Path, image, mask, palette) -> None:
+        super().__init__()
+        self.log_dir, self.palette = Path(log_dir) / "images", palette
+        self.image = np.asarray(image, np.float32)
+        self.mask = np.asarray(mask)
+        self._writer = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        import tensorflow as tf
+
+        if self._writer is None:
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        scores = self.model.predict_on_batch(self.image[None])[0]
+        predicted = np.argmax(scores, axis=-1)
+        strip = np.concatenate(
+            [np.clip(self.image, 0, 255).astype(np.uint8), self.palette[self.mask], self.palette[predicted]], axis=1
+        )
+        with self._writer.as_default():
+            tf.summary.image(self.TAG, strip[None], step=epoch + 1)
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):

@@ -1,9 +1,9 @@
 """Compile and fit with the course's defaults: loss, metric, learning-rate schedule, callbacks.
 
 ``train(settings)`` is what notebook 04 and ``python -m helpers train`` run. It writes
-``model.keras`` (the best epoch by validation mIoU) and ``history.json`` to the
-output directory, stops early when validation mIoU stalls, and respects the
-optional wall-time cap.
+``model.keras`` (the best epoch by validation mIoU), ``history.json`` and TensorBoard logs
+(``tensorboard/``) to the output directory, stops early when validation mIoU stalls, and
+respects the optional wall-time cap.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from helpers.callbacks import (
     DivergenceGuard,
     JsonHistory,
     PolyLearningRate,
+    PredictionImages,
     ResumableState,
     TrainingClock,
     TrainingDiverged,
+    tensorboard_logs,
 )
 from helpers.config import CLASS_WEIGHTINGS, Settings
 from helpers.model import build_deeplabv3_plus
@@ -204,6 +206,8 @@ def train(
         run.state.clear()
 
     train_ds, val_ds = training_datasets(settings, data_dir, info, first_epoch)
+    if settings.strategy != "multiworker":  # there each worker would predict its own image, out of step
+        run.watch(val_ds, info)
     start = time.monotonic()
     if first_epoch < settings.epochs and not (clock.limit_s and clock.before >= clock.limit_s):
         model.fit(
@@ -249,6 +253,8 @@ class RunCallbacks:
     history: JsonHistory
     checkpoint: BestModelCheckpoint
     state: ResumableState
+    tensorboard: keras.callbacks.TensorBoard
+    images: PredictionImages | None = None
 
     @classmethod
     def create(cls, paths, meta, fingerprint, clock, learning_rate, total_steps, patience, info) -> RunCallbacks:
@@ -258,11 +264,20 @@ class RunCallbacks:
         parts = {"clock": clock, "history": history, "checkpoint": checkpoint}
         state = ResumableState(paths["resume"], artifacts.jsonable(fingerprint), parts, guard)
         schedule = PolyLearningRate(learning_rate, total_steps, clock)
-        return cls(guard, clock, schedule, history, checkpoint, state)
+        return cls(guard, clock, schedule, history, checkpoint, state, tensorboard_logs(paths["tensorboard"]))
+
+    def watch(self, val_ds: tf.data.Dataset, info: data.DatasetInfo) -> None:
+        """Show the prediction on the first validation image in TensorBoard after every epoch."""
+        from helpers import viz  # matplotlib, only when training
+
+        images, masks = next(iter(val_ds.take(1)))
+        palette = viz.make_palette(info.classes)
+        self.images = PredictionImages(self.tensorboard.log_dir, images[0].numpy(), masks[0].numpy(), palette)
 
     def in_order(self) -> list[keras.callbacks.Callback]:
         """At each epoch's end the guard goes first and the resume state last (it saves everyone's state)."""
-        return [self.guard, self.clock, self.schedule, self.history, self.checkpoint, self.state]
+        logs = [self.tensorboard] + ([self.images] if self.images else [])
+        return [self.guard, self.clock, self.schedule, self.history, *logs, self.checkpoint, self.state]
 
 
 def training_datasets(settings: Settings, data_dir: Path, info: data.DatasetInfo, first_epoch: int = 0):
