@@ -16,7 +16,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cachepro
 # Real photographs for development (CamVid's train and val splits); absent for learners, present in CI.
 REAL_DATA ?= ../shared/datasets/camvid-dev
 
-.PHONY: install data run run-real test test-unit test-notebooks test-colab lab bench bench-quality lint format clean
+.PHONY: install data run run-real test test-unit test-notebooks test-colab test-browser lab bench bench-quality lint format clean
 
 install: $(STAMP)
 
@@ -42,7 +42,7 @@ run-real: install
 test: lint test-unit test-notebooks run-real
 
 test-unit: install
-	$(PY) $(PYTEST) --durations=10 tests
+	$(PY) $(PYTEST) --durations=10 --ignore=tests/browser tests
 
 test-notebooks: install
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
@@ -55,7 +55,12 @@ test-colab:
 	test -x .venv-colab/bin/python || $(PYTHON) -m venv .venv-colab
 	.venv-colab/bin/python -m pip install -q --upgrade pip
 	.venv-colab/bin/python -m pip install -q -r $(OLDEST) -e ".[dev]"
-	.venv-colab/bin/python $(PYTEST) -m "not slow" tests
+	.venv-colab/bin/python $(PYTEST) -m "not slow" --ignore=tests/browser tests
+
+# JupyterLab in a real browser: Run All in notebooks 1 and 6, explorers drawn and answering their controls.
+# Needs Chromium and its driver on the PATH (Debian: apt-get install chromium chromium-driver; .ci/run does).
+test-browser: install
+	$(PY) -m pytest -q -p no:cacheprovider tests/browser
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks
