@@ -36,7 +36,7 @@ for (let i = 0; i < cells.length; i++) {
     const out = cell.outputs.get(j).toJSON();
     if (out.output_type === 'error') errors.push(out.ename + ': ' + out.evalue);
   }
-  found.push({index: i, count: cell.executionCount, errors: errors, source: cell.sharedModel.getSource().slice(0, 80)});
+  found.push({index: i, count: cell.executionCount, errors: errors, source: cell.sharedModel.getSource()});
 }
 return found;
 """
@@ -146,10 +146,13 @@ def explorer_figure(browser, control) -> str:
 def test_run_all_draws_explorers_that_answer_their_controls(lab, name):
     browser, url, token = lab
     cells = run_all(browser, url, token, name)
-    failed = [f"cell {c['index']} ({c['source']!r}): {c['errors']}" for c in cells if c["errors"]]
+    failed = [f"cell {c['index']} ({c['source'][:80]!r}): {c['errors']}" for c in cells if c["errors"]]
     assert not failed, "\n".join(failed)
     outputs = " ".join(o.text for o in browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output"))
     assert "Error displaying widget" not in outputs and "model not found" not in outputs
+    explorers = sum("course.live_frontend()" in c["source"] for c in cells)
+    drawn = browser.find_elements(By.CSS_SELECTOR, ".jp-OutputArea-output .widget-output")
+    assert explorers and len(drawn) == explorers, f"{len(drawn)} of {explorers} explorers drawn as widgets"
     sliders = browser.find_elements(By.CSS_SELECTOR, ".widget-slider .noUi-handle")
     assert sliders, "no explorer was drawn as controls (only as text?)"
     handle = sliders[0]
