@@ -58,6 +58,9 @@ RECIPES: dict[str, dict] = {
         **_recipe(64, "sqrt-median"),
         "env": {"DEEPLAB_IMAGE_SIZE": "320"},
     },
+    "64-channel head, sqrt-median weights, + Lovasz-softmax on 1/16 of the pixels": _recipe(
+        64, "sqrt-median", lovasz=True
+    ),
 }
 DEFAULT = "64-channel head, sqrt-median weights (the default)"
 REFERENCE = "reference tutorial (taps corrected)"

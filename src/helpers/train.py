@@ -30,18 +30,22 @@ from helpers.callbacks import (
     tensorboard_logs,
 )
 from helpers.config import CLASS_WEIGHTINGS, Settings
+from helpers.losses import CrossEntropyPlusLovasz
 from helpers.model import build_deeplabv3_plus
 
 
-def make_loss(ignore_index: int | None, class_weights=None) -> keras.losses.Loss:
+def make_loss(ignore_index: int | None, class_weights=None, lovasz: bool = False) -> keras.losses.Loss:
     """Per-pixel cross-entropy on logits; pixels labelled ``ignore_index`` contribute nothing.
 
     ``class_weights`` (one per class) gives :class:`ClassWeightedCrossEntropy`: the weights
     act on the loss only, so the mIoU reported during training stays the plain one.
+    ``lovasz=True`` adds the Lovász-softmax term (:mod:`helpers.losses`).
     """
     if class_weights is not None:
-        return ClassWeightedCrossEntropy(class_weights, ignore_index)
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_index)
+        loss = ClassWeightedCrossEntropy(class_weights, ignore_index)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=ignore_index)
+    return CrossEntropyPlusLovasz(loss, ignore_index, pixel_fraction=1 / 16) if lovasz else loss
 
 
 class ClassWeightedCrossEntropy(keras.losses.Loss):
@@ -94,6 +98,7 @@ def compile_model(
     learning_rate: float = 1e-3,
     jit_compile: bool = False,
     class_weights=None,
+    lovasz: bool = False,
 ) -> keras.Model:
     """Adam, cross-entropy with the ignore index (and optional class weights), streaming mIoU; XLA if asked.
 
@@ -103,7 +108,7 @@ def compile_model(
     """
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss=make_loss(info.ignore_index, class_weights),
+        loss=make_loss(info.ignore_index, class_weights, lovasz),
         metrics=[make_miou_metric(info.num_classes, info.ignore_index)],
         jit_compile=jit_compile,
     )
@@ -161,6 +166,7 @@ def train(
     patience: int | None = 10,
     verbose: int | str = "auto",
     resume: bool = True,
+    lovasz: bool = False,
 ) -> TrainResult:
     """Train on ``settings.data_dir`` and write ``model.keras`` and ``history.json``.
 
@@ -187,14 +193,19 @@ def train(
         if settings.strategy == "multiworker":
             model = distribute.for_multi_worker(model)
         weights = class_weights(report, info, class_weighting)
-        compile_model(model, info, learning_rate, jit_compile=settings.xla, class_weights=weights)
+        compile_model(model, info, learning_rate, settings.xla, weights, lovasz)
 
     # with several workers only the chief writes the real files; the others write to a scratch folder
     output_dir = settings.output_dir if distribute.is_chief(strategy) else Path(tempfile.mkdtemp(prefix="worker-"))
     paths = artifacts.output_paths(output_dir)
     num_train = report.splits["train"].pairs
     steps = data.steps_per_epoch(num_train, settings.batch_size)
-    meta = {"settings": settings.as_dict(), "class_weighting": class_weighting, "learning_rate": learning_rate}
+    meta = {
+        "settings": settings.as_dict(),
+        "class_weighting": class_weighting,
+        "lovasz": lovasz,
+        "learning_rate": learning_rate,
+    }
     # a resumed run must be the same run: same settings, data size and model
     fingerprint = {**meta, "patience": patience, "num_train": num_train, "params": model.count_params()}
     run = RunCallbacks.create(paths, meta, fingerprint, clock, learning_rate, steps * settings.epochs, patience, info)
