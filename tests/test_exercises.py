@@ -37,6 +37,51 @@ def overlay(image, mask, palette, alpha):
     return ((1 - alpha) * image + alpha * palette[mask]).astype(np.uint8)
 
 
+def rarest(counts, names):
+    return names[int(np.argmin(counts))], counts.min() / counts.sum()
+
+
+def useful_rates(size, rates):
+    return [r for r in rates if r < size]
+
+
+def class_changes(a, b, names, margin):
+    diff = np.asarray(a) - np.asarray(b)
+    return [n for n, d in zip(names, diff) if d > margin], [n for n, d in zip(names, diff) if d < -margin]
+
+
+def confusions(m, c):
+    others = np.asarray(m, float).copy()
+    np.fill_diagonal(others, -1)
+    return int(np.argmax(others[c])), int(np.argmax(others[:, c]))
+
+
+def image_miou(truth, predicted, n, ignore):
+    keep = truth != ignore
+    return np.nanmean(iou(_confusion(truth[keep], predicted[keep], n)))
+
+
+def image_miou_counting_ignored(truth, predicted, n, ignore):
+    return np.nanmean(iou(_confusion(truth.ravel() % n, predicted.ravel(), n)))
+
+
+def zoom_plan(ignore_index):
+    return (None, 1.0) if ignore_index is None else (ignore_index, 0.5)
+
+
+def branch_params(k, c_in, c_out):
+    return k * k * c_in * c_out + 4 * c_out
+
+
+def _confusion(t, p, n):
+    return np.bincount(t * n + p, minlength=n * n).reshape(n, n)
+
+
+def quantise(w):
+    scale = np.abs(w).max() / 127
+    return np.round(w / scale).astype(np.int8), scale
+
+
 def restore(scores, h, w):
     return np.argmax(tf.image.resize(scores, (h, w))[0], axis=-1)
 
@@ -64,6 +109,19 @@ CASES = [
     (exercises.check_poly_schedule, lambda p, lr: lr * (1 - p) ** 0.9, lambda p, lr: lr * (1 - p)),
 ]  # fmt: skip
 
+# checkers with a hint for a typical mistake: (checker, right, typical wrong answer, words the hint must say)
+HINTED = [
+    (exercises.check_rarest_class, rarest, lambda c, n: (rarest(c, n)[0], 100 * rarest(c, n)[1]), "fraction"),
+    (exercises.check_zoom_out_padding, zoom_plan, lambda i: (0, 0.5), "black borders"),
+    (exercises.check_useful_rates, useful_rates, lambda n, rates: [r for r in rates if r <= n // 2], "rate < n"),
+    (exercises.check_branch_params, branch_params, lambda k, i, o: branch_params(k, i, o) - 2 * o, "four numbers"),
+    (exercises.check_positions_ratio, lambda a, b: (a / b) ** 2, lambda a, b: a / b, "square"),
+    (exercises.check_class_changes, class_changes, lambda a, b, n, m: class_changes(b, a, n, m), "a - b"),
+    (exercises.check_confusions, confusions, lambda m, c: confusions(np.asarray(m).T, c), "row c"),
+    (exercises.check_image_miou, image_miou, image_miou_counting_ignored, "ignore_index"),
+    (exercises.check_quantise, quantise, lambda w: (np.round(w * 127).astype(np.int8), 1 / 127), "max|w| / 127"),
+]  # fmt: skip
+
 
 @pytest.mark.parametrize("checker, right, wrong", CASES, ids=[c[0].__name__ for c in CASES])
 def test_checker(checker, right, wrong, capsys):
@@ -73,3 +131,10 @@ def test_checker(checker, right, wrong, capsys):
     assert "[not yet]" in capsys.readouterr().out
     assert checker(not_attempted) is False
     assert "[not attempted]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("checker, right, wrong, hint", HINTED, ids=[c[0].__name__ for c in HINTED])
+def test_checker_explains_a_typical_mistake(checker, right, wrong, hint, capsys):
+    test_checker(checker, right, wrong, capsys)
+    checker(wrong)
+    assert hint in capsys.readouterr().out

@@ -1,6 +1,7 @@
 """The notebooks follow the course's structure and its output policy (stored and normalised)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,41 @@ def test_hardware_note_warns_when_the_full_profile_meets_a_cpu(monkeypatch):
     assert "no GPU" in smoke and "float32" in smoke and "slow" not in smoke
     full = course.hardware_note(load_settings({"DEEPLAB_PROFILE": "full"}))
     assert "sized for a GPU" in full and "DEEPLAB_PROFILE=smoke" in full
+
+
+def exercises_of(nb) -> list[tuple[str, str, str]]:
+    """``(statement, stub code cell, solution)`` for each ``**Exercise N.**`` of a notebook."""
+    found, cells = [], nb.cells
+    for i, cell in enumerate(cells):
+        if cell.cell_type == "markdown" and "**Exercise" in cell.source:
+            stub = next(c.source for c in cells[i + 1 :] if c.cell_type == "code")
+            start = cell.source.index("**Exercise")
+            rest = cell.source[start:] + "".join(c.source for c in cells[i + 1 : i + 3] if c.cell_type == "markdown")
+            solution = rest[rest.index("<details><summary>Solution</summary>") :]
+            found.append((cell.source[start:], stub, solution[: solution.index("</details>")]))
+    return found
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_every_exercise_has_an_autograder_that_its_solution_passes(name, capsys):
+    import ast
+    import math
+
+    import numpy as np
+    import tensorflow as tf
+
+    from helpers import exercises, metrics
+
+    found = exercises_of(load(name))
+    assert len(found) >= 3, f"{name} has {len(found)} exercises"
+    for statement, stub, solution in found:
+        calls = re.findall(r"(check_\w+)\((my_\w+)\)", stub)
+        assert len(calls) == 1, f"{name}: no autograder call under {statement[:40]!r}"
+        checker, function = calls[0]
+        code = solution[solution.index("```python") + len("```python") : solution.rindex("```")]
+        tree = ast.parse(code)
+        defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("my_")]
+        assert function in [d.name for d in defs], f"{name}: the solution of {statement[:40]!r} lacks {function}"
+        namespace = {"np": np, "tf": tf, "math": math, "metrics": metrics}
+        exec(compile(ast.Module(body=defs, type_ignores=[]), name, "exec"), namespace)
+        assert getattr(exercises, checker)(namespace[function]) is True, capsys.readouterr().out

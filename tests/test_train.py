@@ -294,4 +294,7 @@ def test_training_writes_tensorboard_curves_and_a_prediction_per_epoch(course_ru
     width, height, png = images[-1].tensor.string_val
     strip = tf.io.decode_png(png).numpy()  # image, truth and prediction side by side
     assert (int(height), int(width)) == strip.shape[:2] == (48, 3 * 64)  # 240x320 at shorter side 48: 48x64
+    strips = callbacks.read_prediction_images(logs)
+    assert [epoch for epoch, _ in strips] == list(range(1, course_run.epochs + 1))
+    np.testing.assert_array_equal(strips[-1][1], strip)
     assert len(np.unique(strip[:, 64:128].reshape(-1, 3), axis=0)) > 1  # the truth panel is a mask, not blank

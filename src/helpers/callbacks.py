@@ -187,6 +187,25 @@ class PredictionImages(keras.callbacks.Callback):
             self._writer = None
 
 
+def read_prediction_images(log_dir: str | Path) -> list[tuple[int, np.ndarray]]:
+    """``(epoch, strip)`` for every strip :class:`PredictionImages` wrote under ``log_dir``, in epoch order.
+
+    A strip is the validation image, its true mask and the prediction side by side (uint8 RGB).
+    A resumed run's later write of an epoch replaces the earlier one.
+    """
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    strips: dict[int, np.ndarray] = {}
+    for path in sorted(Path(log_dir, "images").glob("events.out.tfevents.*")):
+        for record in tf.data.TFRecordDataset(str(path)):
+            event = event_pb2.Event.FromString(record.numpy())
+            for value in event.summary.value:
+                if value.tag == PredictionImages.TAG:  # the tensor holds width, height and the PNG
+                    strips[event.step] = tf.io.decode_png(value.tensor.string_val[2]).numpy()
+    return sorted(strips.items())
+
+
 class BestModelCheckpoint(keras.callbacks.Callback):
     """Saves the model, atomically, whenever the monitored value improves; stops after ``patience`` flat epochs.
 

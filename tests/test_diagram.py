@@ -1,0 +1,68 @@
+"""The architecture diagram is read from the model: every block, stride and shape, for both backbones."""
+
+import keras
+import matplotlib.pyplot as plt
+import pytest
+
+from helpers import diagram
+from helpers.backbones import TAPS
+from helpers.model import build_deeplabv3_plus
+
+
+@pytest.fixture(scope="module", params=["mobilenetv2", "resnet50"])
+def built(request):
+    return request.param, build_deeplabv3_plus(5, backbone=request.param, weights=None, separable=True)
+
+
+def test_blocks_name_the_taps_rates_and_shapes(built):
+    backbone, model = built
+    blocks = diagram.architecture_blocks(model, 256)
+    by_layer = {b.layer: b for b in blocks}
+    low, high = TAPS[backbone]["low"], TAPS[backbone]["high"]
+    assert by_layer[low].stride == 4 and by_layer[low].label == f"{low} (to the decoder)"
+    assert by_layer[high].stride == 16 and by_layer[high].label == f"{high} (to ASPP)"
+    assert [b.stride for b in blocks if b.part == "encoder"] == [2, 4, 8, 16]
+    assert [b.label for b in blocks if "rate" in b.label] == [
+        "3x3 conv, rate 6",
+        "3x3 conv, rate 12",
+        "3x3 conv, rate 18",
+    ]
+    filters = model.get_layer("aspp_project").filters
+    assert by_layer["aspp_project_relu"].shape == (16, 16, filters)
+    assert by_layer["decoder_concat"].shape == (64, 64, filters + 48)
+    assert blocks[-1].shape == (256, 256, 5) and blocks[-1].stride == 1
+    assert blocks[0].shape == (256, 256, 3)
+
+
+def test_blocks_follow_the_model_when_it_changes():
+    model = build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None, aspp_rates=(2, 4), decoder_filters=32)
+    blocks = diagram.architecture_blocks(model, 128)
+    assert [b.label for b in blocks if "rate" in b.label] == ["3x3 conv, rate 2", "3x3 conv, rate 4"]
+    assert {b.layer: b for b in blocks}["aspp_project_relu"].shape == (8, 8, 32)
+
+
+def test_figure_shows_every_block_and_the_reference_taps(built):
+    _, model = built
+    fig = diagram.plot_architecture(model, 256, reference_taps={"tutorial's ASPP input": 32, "its low-level": 16})
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    for block in diagram.architecture_blocks(model, 256):
+        assert block.label in texts
+        assert f"{block.shape[0]}x{block.shape[1]}x{block.shape[2]}, stride {block.stride}" in texts
+    assert "its low-level " in texts
+    assert any(t.startswith("tutorial's ASPP input: stride 32, which this encoder does not have") for t in texts)
+    plt.close(fig)
+
+
+def test_wiring_tells_models_apart_that_layer_lists_do_not():
+    def tiny(second_input_of_add):
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+        y = keras.layers.Conv2D(4, 3, padding="same")(x)
+        return keras.Model(inputs, keras.layers.Add()([y, x if second_input_of_add == "x" else y]))
+
+    a, b = tiny("x"), tiny("y")
+    layers_only = [[(type(layer).__name__, [w.shape for w in layer.weights]) for layer in m.layers] for m in (a, b)]
+    assert layers_only[0] == layers_only[1]
+    assert diagram.wiring(a) != diagram.wiring(b)
+    assert diagram.wiring(a) == diagram.wiring(tiny("x"))
+    assert diagram.wiring(a)[-1] == ("Add", [], [2, 1])
