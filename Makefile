@@ -16,7 +16,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=900 -p no:cachepro
 # Real photographs for development (CamVid's train and val splits); absent for learners, present in CI.
 REAL_DATA ?= ../shared/datasets/camvid-dev
 
-.PHONY: install data run run-real test test-unit test-notebooks test-colab test-browser lab bench bench-quality lint format clean
+.PHONY: install data run run-real test test-unit test-notebooks test-colab test-browser classroom site lab bench bench-quality lint format clean
 
 install: $(STAMP)
 
@@ -61,6 +61,18 @@ test-colab:
 # Needs Chromium and its driver on the PATH (Debian: apt-get install chromium chromium-driver; .ci/run does).
 test-browser: install
 	$(PY) -m pytest -q -p no:cacheprovider tests/browser
+
+# For teachers: an nbgrader course in build/classroom (solutions marked, autograded test cells,
+# the student release, an instructor guide). Run `make run` first for measured run times in the guide.
+classroom: install
+	$(PY) scripts/classroom.py
+
+# The course website (Jupyter Book 2) from the notebooks `make run` executed (SITE_FROM=DIR for others).
+# Jupyter Book fetches its HTML theme from api.mystmd.org while building; SITE_ARGS=--content-only
+# builds and checks every page and figure without it (CI does, offline).
+SITE_FROM ?= build/notebooks
+site: install
+	$(PY) scripts/course_site.py --notebooks "$(SITE_FROM)" $(SITE_ARGS)
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks

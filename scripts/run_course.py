@@ -24,6 +24,35 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT, env=env)
 
 
+def write_run_times(path: Path, seconds: dict[str, int], settings) -> None:
+    """Each notebook's execution time and where it was measured (the classroom guide reads it)."""
+    import platform
+
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    cpu = platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    device = f"{len(gpus)} GPU(s)" if gpus else f"no GPU, {os.cpu_count()} cores"
+    path.write_text(
+        json.dumps(
+            {
+                "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{cpu}, {device}, TensorFlow {tf.__version__}",
+                "dataset": str(settings.dataset),
+                "profile": settings.profile,
+                "seconds": seconds,
+            },
+            indent=1,
+        )
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--build", default=str(ROOT / "build"), help="where executed notebooks and HTML go")
@@ -39,6 +68,7 @@ def main() -> int:
     notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     build = Path(args.build).resolve()
     start = time.monotonic()
+    seconds = {}
     if notebooks:
         for nb in notebooks:
             t0 = time.monotonic()
@@ -50,7 +80,9 @@ def main() -> int:
                 [sys.executable, "-m", "jupyter", "nbconvert", "--to", "html",
                  "--output-dir", str(build / "html"), str(build / "notebooks" / nb.name)]
             )  # fmt: skip
-            print(f"  {nb.name}: {time.monotonic() - t0:.0f} s", flush=True)
+            seconds[nb.stem] = round(time.monotonic() - t0)
+            print(f"  {nb.name}: {seconds[nb.stem]} s", flush=True)
+        write_run_times(build / "notebooks" / "run-times.json", seconds, settings)
     else:  # before the notebooks exist, the same steps through the command line
         for step in (["train"], ["evaluate"]):
             run([sys.executable, "-m", "helpers", *step])
