@@ -65,4 +65,12 @@ def test_wiring_tells_models_apart_that_layer_lists_do_not():
     assert layers_only[0] == layers_only[1]
     assert diagram.wiring(a) != diagram.wiring(b)
     assert diagram.wiring(a) == diagram.wiring(tiny("x"))
-    assert diagram.wiring(a)[-1] == ("Add", [], [2, 1])
+    assert diagram.wiring(a)[-1][0] == "Add" and diagram.wiring(a)[-1][2:] == ([], [2, 1])
+
+
+def test_wiring_compares_settings_that_weight_shapes_do_not_show():
+    default = build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None)
+    assert diagram.wiring(default) == diagram.wiring(build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None))
+    other_rates = build_deeplabv3_plus(3, backbone="mobilenetv2", weights=None, aspp_rates=(2, 4, 6))
+    assert [w[2:] for w in diagram.wiring(other_rates)] == [w[2:] for w in diagram.wiring(default)]  # same shapes
+    assert diagram.wiring(other_rates) != diagram.wiring(default)  # different dilation rates

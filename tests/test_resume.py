@@ -93,6 +93,16 @@ def test_another_seed_gives_another_run(course_run, tmp_path, tiny_model):
     assert losses[42] != losses[43]  # another shuffle and other augmentations
 
 
+def test_a_new_run_replaces_the_folders_tensorboard_logs(course_run, tmp_path, tiny_model):
+    settings = replace(course_run, output_dir=tmp_path, epochs=1)
+    for _ in range(2):  # two fresh runs in one output folder
+        train.train(settings, model=tiny_model(5), verbose=0, resume=False)
+    logs = artifacts.output_paths(tmp_path)["tensorboard"]
+    assert len(list((logs / "images").glob("events.out.tfevents.*"))) == 1
+    assert len(list((logs / "train").glob("events.out.tfevents.*"))) == 1
+    assert [epoch for epoch, _ in callbacks.read_prediction_images(logs)] == [1]
+
+
 @keras.saving.register_keras_serializable(package="tests")
 class PoisonAfter(keras.layers.Layer):
     """Passes its input through, then NaN from training step ``steps + 1`` on: a run that diverges."""

@@ -42,13 +42,19 @@ def inbound_layers(model: keras.Model) -> dict[str, list[str]]:
     return {layer["name"]: producers(layer.get("inbound_nodes", [])) for layer in model.get_config()["layers"]}
 
 
-def wiring(model: keras.Model) -> list[tuple[str, list[tuple], list[int]]]:
-    """Each layer's type, weight shapes and the positions of the layers feeding it: two models with
-    equal wiring compute the same function of their weights, whatever their layers are named."""
+def wiring(model: keras.Model) -> list[tuple[str, dict, list[tuple], list[int]]]:
+    """Each layer's type, settings (its config without the name), weight shapes and the positions of the
+    layers feeding it. Two models with equal wiring compute the same function of their weights,
+    whatever their layers are named."""
     position = {layer.name: i for i, layer in enumerate(model.layers)}
     feeds = inbound_layers(model)
     return [
-        (type(layer).__name__, [tuple(w.shape) for w in layer.weights], [position[n] for n in feeds[layer.name]])
+        (
+            type(layer).__name__,
+            {key: value for key, value in layer.get_config().items() if key != "name"},
+            [tuple(w.shape) for w in layer.weights],
+            [position[n] for n in feeds[layer.name]],
+        )
         for layer in model.layers
     ]
 

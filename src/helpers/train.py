@@ -9,6 +9,7 @@ respects the optional wall-time cap.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -215,6 +216,8 @@ def train(
             first_epoch = run.state.load(model)
     elif not resume:
         run.state.clear()
+    if first_epoch == 0:  # a new run: its TensorBoard logs replace the last run's in this folder
+        shutil.rmtree(paths["tensorboard"], ignore_errors=True)
 
     train_ds, val_ds = training_datasets(settings, data_dir, info, first_epoch)
     if settings.strategy != "multiworker":  # there each worker would predict its own image, out of step
