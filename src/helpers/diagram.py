@@ -151,8 +151,8 @@ def plot_architecture(model: keras.Model, size: int = 256, reference_taps: dict[
     return fig
 
 
-def _arrow(ax, start, end, colour="black") -> None:
-    ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": colour, "lw": 1})
+def _arrow(ax, start, end, colour="black", zorder: float = 3) -> None:
+    ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": colour, "lw": 1}, zorder=zorder)
 
 
 def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
@@ -170,7 +170,8 @@ def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
     head = [b for b in blocks if b.part in ("decoder", "output")]
     low = next(b for b in encoder if b.label.endswith("(to the decoder)"))
     xl, yl = where[low.layer]
-    _arrow(ax, (xl + 3.6, yl), where[head[0].layer], colour="tab:blue")  # the stride-4 skip connection
+    # the stride-4 skip connection, drawn behind the ASPP boxes it crosses
+    _arrow(ax, (xl + 3.6, yl), where[head[0].layer], colour="tab:blue", zorder=0.5)
     xp, yp = where[branches[-1].layer]
     _arrow(ax, (xp + 3.6, yp), where[head[1].layer])
     for above, below in zip(head, head[1:]):
