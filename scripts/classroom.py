@@ -54,18 +54,32 @@ class Exercise:
 
 
 def find_exercises(nb) -> list[Exercise]:
-    """Each exercise's stub cell (the next code cell after its statement) and its written solution."""
+    """Each exercise's stub cell (the next code cell after its statement) and its written solution.
+
+    Raises ValueError naming the exercise when its stub does not call exactly one
+    ``check_...(my_...)`` or no ``<details>`` solution follows its statement.
+    """
     found = []
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "markdown" or "**Exercise" not in cell.source:
             continue
         number = int(re.search(r"\*\*Exercise (\d+)\.", cell.source).group(1))
-        stub = next(j for j in range(i + 1, len(nb.cells)) if nb.cells[j].cell_type == "code")
-        checker, function = re.search(r"(check_\w+)\((my_\w+)\)", nb.cells[stub].source).groups()
+        stub = next((j for j in range(i + 1, len(nb.cells)) if nb.cells[j].cell_type == "code"), None)
+        calls = re.findall(r"(check_\w+)\((my_\w+)\)", nb.cells[stub].source) if stub is not None else []
+        if len(calls) != 1:
+            raise ValueError(
+                f"Exercise {number}: the code cell after it should call one autograder, check_...(my_...); "
+                f"found {len(calls)}. Add the call, e.g. `check_answer(my_answer)`."
+            )
         text = "".join(c.source for c in nb.cells[i : stub + 2] if c.cell_type == "markdown")
-        solution = SOLUTION.findall(text[text.index("**Exercise") :])[0]
+        solutions = SOLUTION.findall(text[text.index("**Exercise") :])
+        if not solutions:
+            raise ValueError(
+                f"Exercise {number}: no '<details><summary>Solution</summary>' block follows it. "
+                "Write the solution there, in a ```python block that defines the my_... function."
+            )
         statement = cell.source[cell.source.index("**Exercise") :].split("<details>")[0].strip()
-        found.append(Exercise(number, function, checker, stub, statement, solution))
+        found.append(Exercise(number, calls[0][1], calls[0][0], stub, statement, solutions[0]))
     return found
 
 
@@ -75,7 +89,9 @@ def solution_function(solution: str, function: str) -> tuple[list[str], str, lis
     lines = code.splitlines()
     tree = ast.parse(code)
     imports = [ast.get_source_segment(code, n) for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
-    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function)
+    node = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function), None)
+    if node is None:
+        raise ValueError(f"The solution's code block does not define {function}(); the autograder calls it.")
     header_end = node.body[0].lineno - 1
     while not lines[header_end - 1].rstrip().endswith(":"):  # comments between the signature and the body
         header_end -= 1

@@ -1,7 +1,6 @@
 """The notebooks follow the course's structure and its output policy (stored and normalised)."""
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,8 @@ import pytest
 from helpers.course import NOTEBOOKS, colab_url
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import classroom  # noqa: E402
 
 
 def load(name):
@@ -150,22 +151,8 @@ def test_hardware_note_warns_when_the_full_profile_meets_a_cpu(monkeypatch):
     assert "sized for a GPU" in full and "DEEPLAB_PROFILE=smoke" in full
 
 
-def exercises_of(nb) -> list[tuple[str, str, str]]:
-    """``(statement, stub code cell, solution)`` for each ``**Exercise N.**`` of a notebook."""
-    found, cells = [], nb.cells
-    for i, cell in enumerate(cells):
-        if cell.cell_type == "markdown" and "**Exercise" in cell.source:
-            stub = next(c.source for c in cells[i + 1 :] if c.cell_type == "code")
-            start = cell.source.index("**Exercise")
-            rest = cell.source[start:] + "".join(c.source for c in cells[i + 1 : i + 3] if c.cell_type == "markdown")
-            solution = rest[rest.index("<details><summary>Solution</summary>") :]
-            found.append((cell.source[start:], stub, solution[: solution.index("</details>")]))
-    return found
-
-
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_exercise_has_an_autograder_that_its_solution_passes(name, capsys):
-    import ast
     import math
 
     import numpy as np
@@ -173,16 +160,29 @@ def test_every_exercise_has_an_autograder_that_its_solution_passes(name, capsys)
 
     from helpers import exercises, metrics
 
-    found = exercises_of(load(name))
+    found = classroom.find_exercises(load(name))  # raises, naming the exercise, if one lacks either
     assert len(found) >= 3, f"{name} has {len(found)} exercises"
-    for statement, stub, solution in found:
-        calls = re.findall(r"(check_\w+)\((my_\w+)\)", stub)
-        assert len(calls) == 1, f"{name}: no autograder call under {statement[:40]!r}"
-        checker, function = calls[0]
-        code = solution[solution.index("```python") + len("```python") : solution.rindex("```")]
-        tree = ast.parse(code)
-        defs = [node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name.startswith("my_")]
-        assert function in [d.name for d in defs], f"{name}: the solution of {statement[:40]!r} lacks {function}"
+    for exercise in found:
+        imports, header, body = classroom.solution_function(exercise.solution, exercise.function)
         namespace = {"np": np, "tf": tf, "math": math, "metrics": metrics}
-        exec(compile(ast.Module(body=defs, type_ignores=[]), name, "exec"), namespace)
-        assert getattr(exercises, checker)(namespace[function]) is True, capsys.readouterr().out
+        exec("\n".join([*imports, header, *body]), namespace)
+        passed = getattr(exercises, exercise.checker)(namespace[exercise.function])
+        assert passed is True, f"{name}, Exercise {exercise.number}: " + capsys.readouterr().out
+
+
+def test_a_malformed_exercise_is_named():
+    def notebook(*cells):
+        return nbformat.v4.new_notebook(cells=list(cells))
+
+    statement = nbformat.v4.new_markdown_cell("**Exercise 2.** Do it.")
+    solution = nbformat.v4.new_markdown_cell(
+        "<details><summary>Solution</summary>\n\n```python\ndef my_it():\n    return 1\n```\n</details>\n"
+    )
+    with pytest.raises(ValueError, match="Exercise 2: the code cell after it should call one autograder"):
+        classroom.find_exercises(notebook(statement, nbformat.v4.new_code_cell("my_it()"), solution))
+    with pytest.raises(ValueError, match="Exercise 2: no '<details>"):
+        classroom.find_exercises(notebook(statement, nbformat.v4.new_code_cell("check_it(my_it)")))
+    (found,) = classroom.find_exercises(notebook(statement, nbformat.v4.new_code_cell("check_it(my_it)"), solution))
+    assert (found.number, found.function, found.checker) == (2, "my_it", "check_it")
+    with pytest.raises(ValueError, match="does not define my_other"):
+        classroom.solution_function(found.solution, "my_other")
