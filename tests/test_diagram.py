@@ -53,6 +53,23 @@ def test_figure_shows_every_block_and_the_reference_taps(built):
     plt.close(fig)
 
 
+def test_the_skip_connection_is_drawn_around_the_aspp_boxes(built):
+    _, model = built
+    fig = diagram.plot_architecture(model, 256)
+    ax = fig.axes[0]
+    (skip,) = [line for line in ax.lines if line.get_color() == "tab:blue"]
+    xs, ys = skip.get_data()
+    boxes = [patch.get_bbox() for patch in ax.patches]
+    aspp_left = min(b.x0 for b in boxes if b.x0 > min(xs))  # the column right of the encoder
+    for (x0, y0), (x1, y1) in zip(zip(xs, ys), list(zip(xs, ys))[1:]):
+        for box in boxes:  # each segment is horizontal or vertical: it crosses a box if it overlaps its extent
+            overlap_x = min(x0, x1) < box.x1 and max(x0, x1) > box.x0
+            overlap_y = min(y0, y1) < box.y1 and max(y0, y1) > box.y0
+            assert not (overlap_x and overlap_y), f"the skip line crosses a box at x {box.x0:.1f}, y {box.y0:.1f}"
+    assert min(xs) < aspp_left < max(xs)  # it does pass the ASPP column, over it
+    plt.close(fig)
+
+
 def test_wiring_tells_models_apart_that_layer_lists_do_not():
     def tiny(second_input_of_add):
         inputs = keras.Input((8, 8, 3))

@@ -151,8 +151,8 @@ def plot_architecture(model: keras.Model, size: int = 256, reference_taps: dict[
     return fig
 
 
-def _arrow(ax, start, end, colour="black", zorder: float = 3) -> None:
-    ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": colour, "lw": 1}, zorder=zorder)
+def _arrow(ax, start, end, colour="black") -> None:
+    ax.annotate("", xy=end, xytext=start, arrowprops={"arrowstyle": "->", "color": colour, "lw": 1})
 
 
 def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
@@ -170,8 +170,12 @@ def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
     head = [b for b in blocks if b.part in ("decoder", "output")]
     low = next(b for b in encoder if b.label.endswith("(to the decoder)"))
     xl, yl = where[low.layer]
-    # the stride-4 skip connection, drawn behind the ASPP boxes it crosses
-    _arrow(ax, (xl + 3.6, yl), where[head[0].layer], colour="tab:blue", zorder=0.5)
+    # the stride-4 skip connection goes over the ASPP column, so it cannot be read as an input to ASPP
+    xd, yd = where[head[0].layer]
+    over = max(y for _, y in where.values()) + 0.55
+    path = [(xl + 3.6, yl), (xl + 3.72, yl), (xl + 3.72, over), (xd - 0.12, over), (xd - 0.12, yd)]
+    ax.plot(*zip(*path), color="tab:blue", lw=1)
+    _arrow(ax, path[-1], (xd, yd), colour="tab:blue")
     xp, yp = where[branches[-1].layer]
     _arrow(ax, (xp + 3.6, yp), where[head[1].layer])
     for above, below in zip(head, head[1:]):
