@@ -61,6 +61,9 @@ RECIPES: dict[str, dict] = {
     "64-channel head, sqrt-median weights, + Lovasz-softmax on 1/16 of the pixels": _recipe(
         64, "sqrt-median", lovasz=True
     ),
+    "64-channel head, sqrt-median weights, + a stride-2 decoder step (16 fine-level channels)": _recipe(
+        64, "sqrt-median", model={"fine_level_channels": 16}
+    ),
 }
 DEFAULT = "64-channel head, sqrt-median weights (the default)"
 REFERENCE = "reference tutorial (taps corrected)"

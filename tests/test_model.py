@@ -4,7 +4,7 @@ import pytest
 
 import helpers  # noqa: F401 - registers the custom layers
 from helpers import reference
-from helpers.backbones import ImagePreprocessing, WeightsUnavailableError, build_encoder
+from helpers.backbones import TAPS, ImagePreprocessing, WeightsUnavailableError, build_encoder
 from helpers.model import aspp, build_deeplabv3_plus
 
 
@@ -65,6 +65,24 @@ def test_the_whole_mobilenetv2_encoder_keeps_output_stride_16_with_dilation():
     assert model.get_layer("block_13_depthwise").strides == (1, 1)
     assert model.get_layer("block_15_depthwise").dilation_rate == (2, 2)
     assert model.predict_on_batch(np.zeros((1, 96, 160, 3), np.float32)).shape == (1, 96, 160, 3)
+
+
+@pytest.mark.parametrize("backbone, fine_channels", [("mobilenetv2", 96), ("resnet50", 64)])
+def test_the_optional_stride_2_decoder_step_taps_the_stride_2_map(backbone, fine_channels):
+    fine, low, high = build_encoder(keras.Input((128, 192, 3)), backbone, None, fine=True)
+    assert tuple(fine.shape[1:]) == (64, 96, fine_channels)  # stride 2
+    assert tuple(low.shape[1:3]) == (32, 48)
+    model = build_deeplabv3_plus(5, backbone=backbone, weights=None, separable=True, fine_level_channels=16)
+    assert model.get_layer("refine_fine_level").input.name == model.get_layer(TAPS[backbone]["fine"]).output.name
+    assert model.get_layer("refine_fine_level").filters == 16
+    head = model.get_layer("decoder_conv2").filters
+    assert model.get_layer("refine_conv").filters == head // 2
+    assert model.get_layer("logits").input.shape[1:3] == (None, None)
+    out = keras.Model(model.input, model.get_layer("refine_conv_relu").output)(np.zeros((1, 96, 160, 3), np.float32))
+    assert tuple(out.shape) == (1, 48, 80, head // 2)  # the logits now come from stride 2
+    assert model.predict_on_batch(np.zeros((1, 96, 160, 3), np.float32)).shape == (1, 96, 160, 5)
+    plain = build_deeplabv3_plus(5, backbone=backbone, weights=None, separable=True)
+    assert not any(layer.name.startswith("refine") for layer in plain.layers)
 
 
 def test_aspp_has_five_branches_of_256_channels():

@@ -16,10 +16,11 @@ from helpers.config import BACKBONES
 from helpers.kernels import BN_MOMENTUM, AtrousConv2D, FusedBatchNormalization
 
 # Where each backbone is tapped. "low" is the stride-4 feature map the decoder
-# refines with; "high" is the deepest map, fed to ASPP.
+# refines with; "high" is the deepest map, fed to ASPP; "fine" is a stride-2 map for
+# the optional second decoder step (``fine_level_channels`` in helpers.model).
 TAPS = {
-    "resnet50": {"low": "conv2_block3_out", "high": "conv5_block3_out"},
-    "mobilenetv2": {"low": "block_3_expand_relu", "high": "block_13_expand_relu"},
+    "resnet50": {"fine": "conv1_relu", "low": "conv2_block3_out", "high": "conv5_block3_out"},
+    "mobilenetv2": {"fine": "block_1_expand_relu", "low": "block_3_expand_relu", "high": "block_13_expand_relu"},
 }
 
 IMAGENET_FILES = {
@@ -166,8 +167,11 @@ def build_encoder(
     weights: str | None = "imagenet",
     output_stride: int = 16,
     whole_encoder: bool = False,
+    fine: bool = False,
 ):
     """Preprocess ``inputs`` (0-255 RGB) and run the backbone; returns ``(low_level, high_level)``.
+
+    With ``fine=True`` it returns ``(fine_level, low_level, high_level)``, the first at stride 2.
 
     MobileNetV2 is tapped at block 13 (stride 16) by default, dropping its last stages;
     ``whole_encoder=True`` keeps them, with an atrous last stage (measured slower per
@@ -185,4 +189,5 @@ def build_encoder(
         net, taps["high"] = atrous_mobilenet(base, x), "block_16_project_BN"
     else:
         net = _rebuild(base, x)
-    return net.get_layer(taps["low"]).output, net.get_layer(taps["high"]).output
+    names = ("fine", "low", "high") if fine else ("low", "high")
+    return tuple(net.get_layer(taps[name]).output for name in names)

@@ -124,6 +124,14 @@ def decoder(high, low, filters: int, low_level_channels: int = 48, separable: bo
     return conv_bn_relu(x, filters, 3, separable=separable, name="decoder_conv2")
 
 
+def refine(x, fine, filters: int, fine_level_channels: int, separable: bool = False):
+    """An optional second decoder step: the same idea one stride finer (stride 2), at half the channels."""
+    fine = conv_bn_relu(fine, fine_level_channels, 1, name="refine_fine_level")
+    x = ResizeLike(name="refine_upsample")([x, fine])
+    x = layers.Concatenate(name="refine_concat")([x, fine])
+    return conv_bn_relu(x, max(filters // 2, 1), 3, separable=separable, name="refine_conv")
+
+
 def build_deeplabv3_plus(
     num_classes: int,
     input_shape: tuple[int | None, int | None, int] = (None, None, 3),
@@ -138,6 +146,7 @@ def build_deeplabv3_plus(
     precision: str = "float32",
     synchronized_bn: bool = False,
     whole_encoder: bool = False,
+    fine_level_channels: int = 0,
     name: str = "deeplabv3_plus",
 ) -> keras.Model:
     """DeepLabV3+ for ``num_classes`` classes; returns float32 logits shaped like the input.
@@ -151,6 +160,7 @@ def build_deeplabv3_plus(
     the weights, batch-norm statistics, preprocessing, logits and outputs in float32.
     ``synchronized_bn=True`` (for several replicas) computes batch statistics over the global batch.
     ``whole_encoder=True`` keeps all of MobileNetV2 (see :func:`helpers.backbones.build_encoder`).
+    ``fine_level_channels > 0`` adds a second decoder step at stride 2 (:func:`refine`), for thin objects.
     """
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
@@ -159,9 +169,12 @@ def build_deeplabv3_plus(
     rates = tuple(r * 16 // output_stride for r in (6, 12, 18)) if aspp_rates is None else aspp_rates
     with dtype_policy(resolve_precision(precision)):  # every layer built here computes in this precision
         inputs = keras.Input(shape=input_shape, name="image")
-        low, high = build_encoder(inputs, backbone, weights, output_stride, whole_encoder)
+        fine = fine_level_channels > 0
+        *taps, high = build_encoder(inputs, backbone, weights, output_stride, whole_encoder, fine)
         x = aspp(high, filters, rates, separable, dropout)
-        x = decoder(x, low, filters, low_level_channels, separable)
+        x = decoder(x, taps[-1], filters, low_level_channels, separable)
+        if fine:
+            x = refine(x, taps[0], filters, fine_level_channels, separable)
         # The class scores are cheap to compute and sensitive to rounding: float32 from here on.
         x = layers.Conv2D(num_classes, 1, dtype="float32", name="logits")(x)
         x = ResizeLike(dtype="float32", name="upsample_to_input")([x, inputs])
