@@ -53,20 +53,45 @@ def test_figure_shows_every_block_and_the_reference_taps(built):
     plt.close(fig)
 
 
+def assert_lines_cross_no_box(ax, lines):
+    boxes = [patch.get_bbox() for patch in ax.patches]
+    for line in lines:
+        xs, ys = line.get_data()
+        for (x0, y0), (x1, y1) in zip(zip(xs, ys), list(zip(xs, ys))[1:]):
+            for box in boxes:  # each segment is horizontal or vertical: it crosses a box if it overlaps its extent
+                overlap_x = min(x0, x1) < box.x1 and max(x0, x1) > box.x0
+                overlap_y = min(y0, y1) < box.y1 and max(y0, y1) > box.y0
+                assert not (overlap_x and overlap_y), f"a line crosses a box at x {box.x0:.1f}, y {box.y0:.1f}"
+
+
 def test_the_skip_connection_is_drawn_around_the_aspp_boxes(built):
     _, model = built
     fig = diagram.plot_architecture(model, 256)
     ax = fig.axes[0]
     (skip,) = [line for line in ax.lines if line.get_color() == "tab:blue"]
-    xs, ys = skip.get_data()
-    boxes = [patch.get_bbox() for patch in ax.patches]
-    aspp_left = min(b.x0 for b in boxes if b.x0 > min(xs))  # the column right of the encoder
-    for (x0, y0), (x1, y1) in zip(zip(xs, ys), list(zip(xs, ys))[1:]):
-        for box in boxes:  # each segment is horizontal or vertical: it crosses a box if it overlaps its extent
-            overlap_x = min(x0, x1) < box.x1 and max(x0, x1) > box.x0
-            overlap_y = min(y0, y1) < box.y1 and max(y0, y1) > box.y0
-            assert not (overlap_x and overlap_y), f"the skip line crosses a box at x {box.x0:.1f}, y {box.y0:.1f}"
+    assert_lines_cross_no_box(ax, [skip])
+    xs = skip.get_data()[0]
+    aspp_left = min(patch.get_bbox().x0 for patch in ax.patches if patch.get_bbox().x0 > min(xs))
     assert min(xs) < aspp_left < max(xs)  # it does pass the ASPP column, over it
+    plt.close(fig)
+
+
+def test_the_optional_stride_2_step_is_drawn_with_its_own_skip(built):
+    backbone, _ = built
+    model = build_deeplabv3_plus(5, backbone=backbone, weights=None, separable=True, fine_level_channels=16)
+    blocks = diagram.architecture_blocks(model, 256)
+    by_layer = {b.layer: b for b in blocks}
+    fine = TAPS[backbone]["fine"]
+    assert by_layer[fine].stride == 2 and by_layer[fine].label == f"{fine} (to the stride-2 step)"
+    head = [b.label for b in blocks if b.part == "decoder"]
+    assert head[3:] == ["stride-2 1x1 projection", "upsample + concatenate", "one 3x3 conv"]
+    assert by_layer["refine_concat"].shape == (128, 128, model.get_layer("decoder_conv2").filters + 16)
+    assert by_layer["logits"].stride == 2
+    fig = diagram.plot_architecture(model, 256)
+    ax = fig.axes[0]
+    skips = [line for line in ax.lines if line.get_color() == "tab:blue"]
+    assert len(skips) == 2
+    assert_lines_cross_no_box(ax, ax.lines)  # both skips, and the decoder's output going past the projection
     plt.close(fig)
 
 

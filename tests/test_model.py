@@ -73,12 +73,12 @@ def test_the_optional_stride_2_decoder_step_taps_the_stride_2_map(backbone, fine
     assert tuple(fine.shape[1:]) == (64, 96, fine_channels)  # stride 2
     assert tuple(low.shape[1:3]) == (32, 48)
     model = build_deeplabv3_plus(5, backbone=backbone, weights=None, separable=True, fine_level_channels=16)
-    assert model.get_layer("refine_fine_level").input.name == model.get_layer(TAPS[backbone]["fine"]).output.name
-    assert model.get_layer("refine_fine_level").filters == 16
+    assert model.get_layer("refine_low_level").input.name == model.get_layer(TAPS[backbone]["fine"]).output.name
+    assert model.get_layer("refine_low_level").filters == 16
     head = model.get_layer("decoder_conv2").filters
-    assert model.get_layer("refine_conv").filters == head // 2
+    assert model.get_layer("refine_conv1").filters == head // 2
     assert model.get_layer("logits").input.shape[1:3] == (None, None)
-    out = keras.Model(model.input, model.get_layer("refine_conv_relu").output)(np.zeros((1, 96, 160, 3), np.float32))
+    out = keras.Model(model.input, model.get_layer("refine_conv1_relu").output)(np.zeros((1, 96, 160, 3), np.float32))
     assert tuple(out.shape) == (1, 48, 80, head // 2)  # the logits now come from stride 2
     assert model.predict_on_batch(np.zeros((1, 96, 160, 3), np.float32)).shape == (1, 96, 160, 5)
     plain = build_deeplabv3_plus(5, backbone=backbone, weights=None, separable=True)

@@ -66,9 +66,9 @@ def output_shapes(model: keras.Model, names: list[str], size: int) -> dict[str, 
     return {n: tuple(int(d) for d in spec.shape[1:]) for n, spec in zip(names, specs)}
 
 
-def _encoder_stages(model: keras.Model, low: str, high: str, size: int) -> list[tuple[str, int]]:
+def _encoder_stages(model: keras.Model, taps: list[str], high: str, size: int) -> list[tuple[str, int]]:
     """One layer per encoder stride up to the ASPP input ``high``: the last layer at that stride,
-    except that the decoder's tap ``low`` stands for its own stride. Padding layers are skipped."""
+    except that each decoder tap in ``taps`` stands for its own stride. Padding layers are skipped."""
     order = [layer.name for layer in model.layers]
     candidates = [
         layer.name
@@ -80,7 +80,8 @@ def _encoder_stages(model: keras.Model, low: str, high: str, size: int) -> list[
     for name in candidates:  # in model order, so a later layer at the same stride replaces an earlier one
         if size % shapes[name][0] == 0:
             last_at[size // shapes[name][0]] = name
-    last_at[size // shapes[low][0]] = low
+    for tap in taps:
+        last_at[size // shapes[tap][0]] = tap
     return [(name, stride) for stride, name in sorted(last_at.items()) if stride > 1]
 
 
@@ -91,11 +92,12 @@ def architecture_blocks(model: keras.Model, size: int = 256) -> list[Block]:
     """
     feeds = inbound_layers(model)
     high, low = feeds["aspp_1x1"][0], feeds["decoder_low_level"][0]
+    fine = feeds["refine_low_level"][0] if "refine_low_level" in feeds else None  # the optional stride-2 step
     rates = sorted(int(m.group(1)) for layer in model.layers if (m := re.fullmatch(r"aspp_rate(\d+)_relu", layer.name)))
     plan = [("input", "image", model.layers[0].name)]
-    for name, _ in _encoder_stages(model, low, high, size):
-        role = {high: " (to ASPP)", low: " (to the decoder)"}.get(name, "")
-        plan.append(("encoder", f"{name}{role}", name))
+    roles = {high: " (to ASPP)", low: " (to the decoder)", fine: " (to the stride-2 step)"}
+    for name, _ in _encoder_stages(model, [low] + ([fine] if fine else []), high, size):
+        plan.append(("encoder", f"{name}{roles.get(name, '')}", name))
     plan += [("aspp", "1x1 conv", "aspp_1x1_relu")]
     plan += [("aspp", f"3x3 conv, rate {r}", f"aspp_rate{r}_relu") for r in rates]
     plan += [
@@ -104,6 +106,14 @@ def architecture_blocks(model: keras.Model, size: int = 256) -> list[Block]:
         ("decoder", "low-level 1x1 projection", "decoder_low_level_relu"),
         ("decoder", "upsample ASPP + concatenate", "decoder_concat"),
         ("decoder", "two 3x3 convs", "decoder_conv2_relu"),
+    ]
+    if fine:
+        plan += [
+            ("decoder", "stride-2 1x1 projection", "refine_low_level_relu"),
+            ("decoder", "upsample + concatenate", "refine_concat"),
+            ("decoder", "one 3x3 conv", "refine_conv1_relu"),
+        ]
+    plan += [
         ("output", "1x1 conv: class scores", "logits"),
         ("output", "upsample to the input size", "upsample_to_input"),
     ]
@@ -168,19 +178,31 @@ def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
         _arrow(ax, (xa + 3.6, ya), (x, y))
         _arrow(ax, (x + 3.6, y), (x + 3.6, where[branches[-1].layer][1] + 0.38))
     head = [b for b in blocks if b.part in ("decoder", "output")]
-    low = next(b for b in encoder if b.label.endswith("(to the decoder)"))
-    xl, yl = where[low.layer]
-    # the stride-4 skip connection goes over the ASPP column, so it cannot be read as an input to ASPP
-    xd, yd = where[head[0].layer]
+    # each skip goes over the ASPP column, so it cannot be read as an input to ASPP; the stride-2
+    # step's skip (if any) starts higher in the encoder and runs above and inside the stride-4 one
+    roles = {"(to the decoder)": "decoder_low_level_relu", "(to the stride-2 step)": "refine_low_level_relu"}
+    skips = [(b, role) for role in roles for b in encoder if b.label.endswith(role)]
     over = max(y for _, y in where.values()) + 0.55
-    path = [(xl + 3.6, yl), (xl + 3.72, yl), (xl + 3.72, over), (xd - 0.12, over), (xd - 0.12, yd)]
-    ax.plot(*zip(*path), color="tab:blue", lw=1)
-    _arrow(ax, path[-1], (xd, yd), colour="tab:blue")
+    for k, (tap, role) in enumerate(skips):
+        _draw_skip(ax, where[tap.layer], where[roles[role]], over + 0.25 * k, 0.12 * (len(skips) - k))
     xp, yp = where[branches[-1].layer]
     _arrow(ax, (xp + 3.6, yp), where[head[1].layer])
     for above, below in zip(head, head[1:]):
         (x0, y0), (x1, y1) = where[above.layer], where[below.layer]
-        _arrow(ax, (x0 + 1.8, y0 - 0.4), (x1 + 1.8, y1 + 0.4))
+        if below.label == "stride-2 1x1 projection":  # the decoder's output goes past it, into the concatenation
+            joined, side = where[head[head.index(below) + 1].layer][1], x0 + 3.6
+            ax.plot([side, side + 0.15, side + 0.15], [y0, y0, joined], color="black", lw=1)
+            _arrow(ax, (side + 0.15, joined), (side, joined))
+        else:
+            _arrow(ax, (x0 + 1.8, y0 - 0.4), (x1 + 1.8, y1 + 0.4))
+
+
+def _draw_skip(ax, start: tuple[float, float], end: tuple[float, float], height: float, inset: float) -> None:
+    """A skip connection from an encoder box's right edge, over the ASPP column, into a decoder box's left edge."""
+    (xs, ys), (xe, ye) = start, end
+    path = [(xs + 3.6, ys), (xs + 3.6 + inset, ys), (xs + 3.6 + inset, height), (xe - inset, height), (xe - inset, ye)]
+    ax.plot(*zip(*path), color="tab:blue", lw=1)
+    _arrow(ax, path[-1], (xe, ye), colour="tab:blue")
 
 
 def _draw_reference_taps(ax, blocks: list[Block], where: dict, taps: dict[str, int]) -> None:
