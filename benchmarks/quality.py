@@ -2,9 +2,10 @@
 
 Each recipe trains from scratch for a fixed wall-clock budget (``--minutes``, time for
 the data check, model build and tracing included, as ``python -m helpers train``
-counts it), then is scored on the validation split at each mask's native resolution,
-overall and per class. Every run is its own process, one after another, so no two share
-the CPU. The reference tutorial's pipeline and model train under the same budget.
+counts it), then is scored on the validation split at each mask's native resolution, overall and
+per class (one pass), and overall with flip test-time augmentation (the ``evaluate``
+command's default). Every run is its own process, one after another, so no two share the
+CPU. The reference tutorial's pipeline and model train under the same budget.
 
     python benchmarks/quality.py --data ../shared/datasets/camvid-dev --minutes 5 15
 
@@ -30,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name -> what differs from `python -m helpers train` with its defaults:
 #   "train": keyword arguments of helpers.train.train, "model": of build_deeplabv3_plus, "env": DEEPLAB_* settings
+# Recipes zoom 0.5-2 (the default until 2026-11-27) unless their name gives other zooms.
 def _recipe(head: int, weighting: str, **extra) -> dict:
     return {
         "model": {"decoder_filters": head, **extra.pop("model", {})},
-        "train": {"class_weighting": weighting, **extra},
+        "train": {"class_weighting": weighting, "scale_range": (0.5, 2.0), **extra},
     }
 
 
@@ -49,7 +51,7 @@ RECIPES: dict[str, dict] = {
     "128-channel head, sqrt-median weights": _recipe(128, "sqrt-median"),
     "128-channel head, no class weights, peak learning rate 8e-3": _recipe(128, "none", learning_rate=8e-3),
     "64-channel head, no class weights": _recipe(64, "none"),
-    "64-channel head, sqrt-median weights (the default)": _recipe(64, "sqrt-median"),
+    "64-channel head, sqrt-median weights (the default until zooms 0.75-1.5)": _recipe(64, "sqrt-median"),
     "whole MobileNetV2 (atrous last stage), 256-channel head, no class weights": _recipe(
         256, "none", model={"whole_encoder": True}
     ),
@@ -64,8 +66,14 @@ RECIPES: dict[str, dict] = {
     "64-channel head, sqrt-median weights, + a stride-2 decoder step (16 fine-level channels)": _recipe(
         64, "sqrt-median", model={"fine_level_channels": 16}
     ),
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5 (the default)": _recipe(
+        64, "sqrt-median", scale_range=(0.75, 1.5)
+    ),
+    "64-channel head, sqrt-median weights, zooms 1-2": _recipe(64, "sqrt-median", scale_range=(1.0, 2.0)),
+    "64-channel head, sqrt-median weights, batch 4": {**_recipe(64, "sqrt-median"), "env": {"DEEPLAB_BATCH_SIZE": "4"}},
+    "64-channel head, sqrt-median weights, peak learning rate 8e-3": _recipe(64, "sqrt-median", learning_rate=8e-3),
 }
-DEFAULT = "64-channel head, sqrt-median weights (the default)"
+DEFAULT = "64-channel head, sqrt-median weights, zooms 0.75-1.5 (the default)"
 REFERENCE = "reference tutorial (taps corrected)"
 
 
@@ -96,10 +104,12 @@ def run_recipe(name: str, minutes: float, data_dir: Path, image_size: int, out: 
     result = train(settings, model=model, verbose=2, resume=False, **recipe.get("train", {}))
     split = evaluate.default_split(data_dir)
     scores = evaluate.evaluate_model(result.model, data_dir, info, settings.image_size, split).scores
+    flip = evaluate.evaluate_model(result.model, data_dir, info, settings.image_size, split, tta="flip").scores
     return {
         "epochs": result.epochs_run,
         "train_seconds": result.seconds,
         "miou": scores.miou,
+        "miou_flip": flip.miou,  # what `python -m helpers evaluate` reports by default
         "per_class": scores.as_dict(info.classes)["per_class_iou"],
         "split": split,
     }
@@ -159,10 +169,11 @@ def markdown(result: dict) -> str:
             continue
         classes = list(rows[0]["per_class"])
         lines += [f"**{minutes:g} minutes** ({rows[0]['split']} split)", ""]
-        lines.append("| recipe | epochs | mIoU | " + " | ".join(classes) + " |")
-        lines.append("|---|---|---|" + "---|" * len(classes))
+        lines.append("| recipe | epochs | mIoU | flip | " + " | ".join(classes) + " |")
+        lines.append("|---|---|---|---|" + "---|" * len(classes))
         for row in rows:
-            cells = [row["name"], str(row["epochs"]), f"**{row['miou']:.3f}**"]
+            flip = row.get("miou_flip")
+            cells = [row["name"], str(row["epochs"]), f"**{row['miou']:.3f}**", "-" if flip is None else f"{flip:.3f}"]
             cells += ["-" if row["per_class"][c] is None else f"{row['per_class'][c]:.2f}" for c in classes]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

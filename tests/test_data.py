@@ -247,7 +247,7 @@ def test_augmentation_scales_a_wide_image_without_squashing_it():
     image = np.repeat(mask * 200, 3, axis=-1).astype(np.uint8)
     for i in range(6):
         seeds = tf.constant(np.random.default_rng(i).integers(0, 2**31, (4, 2)), tf.int64)
-        scale = float(tf.random.stateless_uniform([], seeds[0], 1.0, 2.0))
+        scale = float(tf.random.stateless_uniform([], seeds[0], 1.0, data.TRAIN_SCALES[1]))
         _, out = data.augment_pair(tf.constant(image), tf.constant(mask), seeds, 32, pad_label=None)
         row = out.numpy()[16, :, 0]
         runs = np.diff(np.flatnonzero(np.diff(row) != 0))  # lengths of the inner stripes

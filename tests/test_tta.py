@@ -56,3 +56,28 @@ def test_multiscale_answers_at_the_input_size_and_bad_modes_are_named():
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="tta='rotate'"):
         tta_probabilities(model, np.zeros((1, 8, 8, 3), np.float32), "rotate")
+
+
+def test_the_commands_flip_by_default_and_one_pass_is_one_flag_away():
+    from helpers.cli import build_parser
+
+    for command in (["evaluate"], ["predict", "in", "out"]):
+        assert build_parser().parse_args(command).tta == "flip"
+        assert build_parser().parse_args([*command, "--tta", "none"]).tta == "none"
+
+
+def test_predict_folder_writes_the_flipped_average(tmp_path):
+    from PIL import Image
+
+    from helpers.predict import predict_folder
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "in" / "a.png")
+    masks = {}
+    for mode in ("none", "flip"):
+        written = predict_folder(position_model(), tmp_path / "in", tmp_path / mode, None, tta=mode).written
+        masks[mode] = np.asarray(Image.open(written[0]))[0]
+    # one pass: class 1 scores 32 - c against class 0's c, so it wins left of the middle (a tie goes to 0)
+    assert list(masks["none"]) == [1] * 16 + [0] * 16
+    # averaged with the mirror, p(class 0) = (sigmoid((2c - 32) / 4) + sigmoid((30 - 2c) / 4)) / 2 < 1/2 everywhere
+    assert list(masks["flip"]) == [1] * 32

@@ -55,7 +55,7 @@ def evaluate_model(
 
     Each image goes through :func:`helpers.predict.predict_mask` (scaled so its shorter
     side is ``image_size``, scores resized back to the mask's own size), so the number is
-    what a user of ``predict`` gets, and thin structures are judged at the resolution they
+    what ``predict_mask`` with the same ``tta`` gives, and thin structures are judged at the resolution they
     were labelled at. Also reports the reference tutorial's per-batch average (batches of
     ``batch_size`` consecutive images) on the same predictions, so the two can be compared.
     """

@@ -213,15 +213,17 @@ def _same_answer(got, expected) -> bool:
 
 
 def check_zoom_out_padding(fn: Callable) -> bool:
-    """``fn(ignore_index) -> (pad_label, min_scale)`` when random scaling may zoom out to half size."""
+    """``fn(ignore_index) -> (pad_label, min_scale)`` when random scaling may zoom out to ``TRAIN_SCALES[0]``."""
+    from helpers.data import TRAIN_SCALES  # TensorFlow: imported only when this check runs
+
     zero = "Hint: a padded 0 trains the model to call black borders class 0, which no real image contains."
     none = "Hint: with no ignore index no label means 'unlabelled': do not zoom out (scale at least 1), only crop."
     return _report(
         "zoom-out padding",
         fn,
         [
-            ("CamVid's void label 11", (11,), (11, 0.5), _same_answer, zero),
-            ("the usual 255", (255,), (255, 0.5), _same_answer, zero),
+            ("CamVid's void label 11", (11,), (11, TRAIN_SCALES[0]), _same_answer, zero),
+            ("the usual 255", (255,), (255, TRAIN_SCALES[0]), _same_answer, zero),
             ("a dataset with no ignore index", (None,), (None, 1.0), _same_answer, none),
         ],
     )

@@ -150,9 +150,9 @@ class PredictionReport:
 
 
 def predict_folder(
-    model: keras.Model, input_dir: str | Path, output_dir: str | Path, image_size: int | None = None
+    model: keras.Model, input_dir: str | Path, output_dir: str | Path, image_size: int | None = None, tta: str = "none"
 ) -> PredictionReport:
-    """Write one single-channel PNG mask per image in ``input_dir``, with the same stem.
+    """Write one single-channel PNG mask per image in ``input_dir`` (same stem), made by :func:`predict_mask`.
 
     Every visible file is tried. Those that are not usable images are skipped and
     reported, not fatal: one stray file should not cost the other predictions.
@@ -173,7 +173,7 @@ def predict_folder(
         except ImageReadError as err:
             report.skipped.append((path, str(err)))
             continue
-        mask = predict_mask(model, image, image_size)
+        mask = predict_mask(model, image, image_size, tta)
         output_dir.mkdir(parents=True, exist_ok=True)
         target = output_dir / f"{path.stem}.png"
         tmp = target.with_name(f".{target.stem}-partial.png")

@@ -168,12 +168,14 @@ def train(
     verbose: int | str = "auto",
     resume: bool = True,
     lovasz: bool = False,
+    scale_range: tuple[float, float] = data.TRAIN_SCALES,
 ) -> TrainResult:
     """Train on ``settings.data_dir`` and write ``model.keras`` and ``history.json``.
 
     ``class_weighting``: ``"sqrt-median"`` (the square root of median-frequency weights: rare
     classes count more, measured to pay on real data), ``"median"`` (the full weights) or ``"none"``.
     ``learning_rate``: the peak of the poly schedule; ``None`` means :func:`default_learning_rate`.
+    ``scale_range``: the training zooms, relative to ``settings.image_size`` (:func:`helpers.data.augment_pair`).
     With ``resume=True`` an interrupted run with the same settings continues from
     its last completed epoch (see :class:`ResumableState`); a finished run clears
     its resume state. A NaN or infinite loss raises :class:`TrainingDiverged`.
@@ -205,6 +207,7 @@ def train(
         "settings": settings.as_dict(),
         "class_weighting": class_weighting,
         "lovasz": lovasz,
+        "scale_range": list(scale_range),
         "learning_rate": learning_rate,
     }
     # a resumed run must be the same run: same settings, data size and model
@@ -219,7 +222,7 @@ def train(
     if first_epoch == 0:  # a new run: its TensorBoard logs replace the last run's in this folder
         shutil.rmtree(paths["tensorboard"], ignore_errors=True)
 
-    train_ds, val_ds = training_datasets(settings, data_dir, info, first_epoch)
+    train_ds, val_ds = training_datasets(settings, data_dir, info, first_epoch, scale_range)
     if settings.strategy != "multiworker":  # there each worker would predict its own image, out of step
         run.watch(val_ds, info)
     start = time.monotonic()
@@ -294,10 +297,12 @@ class RunCallbacks:
         return [self.guard, self.clock, self.schedule, self.history, *logs, self.checkpoint, self.state]
 
 
-def training_datasets(settings: Settings, data_dir: Path, info: data.DatasetInfo, first_epoch: int = 0):
-    """The training stream (from ``first_epoch`` on) and the validation batches."""
+def training_datasets(settings: Settings, data_dir: Path, info, first_epoch=0, scale_range=data.TRAIN_SCALES):
+    """The training stream (from ``first_epoch`` on, zooms in ``scale_range``) and the validation batches."""
     size, batch, seed = settings.image_size, settings.batch_size, settings.seed
-    train_ds = data.make_dataset(data_dir, "train", size, batch, True, seed, info, first_epoch=first_epoch)
+    train_ds = data.make_dataset(
+        data_dir, "train", size, batch, True, seed, info, first_epoch=first_epoch, scale_range=scale_range
+    )
     val_ds = data.make_dataset(data_dir, "val", size, batch, False, seed, info)
     if settings.strategy == "multiworker":  # every worker reads the file list; each takes its share of the batches
         options = tf.data.Options()
