@@ -254,3 +254,9 @@ def test_augmentation_scales_a_wide_image_without_squashing_it():
         assert out.shape == (32, 32, 1)
         assert np.all(np.abs(runs - 4 * scale) <= 1), (scale, runs)
         assert np.all(out.numpy()[:, :, 0] == row[None, :]), "stripes stay vertical"
+
+
+@pytest.mark.parametrize("bad", [(2.0, 0.5), (0.0, 1.5), (-1.0, 1.0)])
+def test_a_scale_range_that_cannot_be_drawn_from_is_named(tmp_path, bad):
+    with pytest.raises(ValueError, match=rf"scale_range=\({bad[0]}, {bad[1]}\)"):
+        data.make_dataset(tmp_path, "train", 32, 2, training=True, scale_range=bad)

@@ -300,6 +300,11 @@ def make_dataset(
     Training: an endless stream of epochs of square ``image_size`` crops (see
     :func:`training_stream`), each :func:`steps_per_epoch` batches, zoomed within ``scale_range``.
     """
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise ValueError(
+            f"scale_range={scale_range} must be (smallest zoom, largest zoom) with 0 < smallest <= largest."
+        )
     info = info or read_dataset_info(data_dir)
     images, masks = list_pairs(data_dir, split)
     if limit is not None:
