@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import evaluate
+from helpers.predict import TTA_MODES
 
 
 def tta_probabilities(model, images, mode):
@@ -64,6 +65,10 @@ def test_the_commands_flip_by_default_and_one_pass_is_one_flag_away():
     for command in (["evaluate"], ["predict", "in", "out"]):
         assert build_parser().parse_args(command).tta == "flip"
         assert build_parser().parse_args([*command, "--tta", "none"]).tta == "none"
+        for mode in TTA_MODES:  # every mode the functions know, and nothing else, is a choice
+            assert build_parser().parse_args([*command, "--tta", mode]).tta == mode
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*command, "--tta", "rotate"])
 
 
 def test_predict_folder_writes_the_flipped_average(tmp_path):

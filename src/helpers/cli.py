@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from helpers.config import CLASS_WEIGHTINGS
+from helpers.config import CLASS_WEIGHTINGS, TTA_MODES
 
 FLAG_TO_ENV = {
     "dataset": "DEEPLAB_DATASET",
@@ -179,9 +179,9 @@ def _add_tta_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tta",
         default=CLI_TTA,
-        choices=["none", "flip", "multiscale"],
+        choices=list(TTA_MODES),
         help=f"test-time augmentation (default {CLI_TTA}: the mean of the image's and its mirror's "
-        "predictions; none: one pass; multiscale: flips at 3 scales, 6 passes)",
+        "predictions; none: one pass; multiscale: flipped and not, at 3 scales: 6 passes)",
     )
 
 

@@ -19,6 +19,12 @@ OUTPUT_STRIDES = (8, 16)
 # class weighting -> power of the median-frequency weights (see helpers.data.median_frequency_weights)
 CLASS_WEIGHTINGS = {"none": 0.0, "median": 1.0, "sqrt-median": 0.5}
 STRATEGIES = ("default", "mirrored", "tpu", "multiworker")
+# test-time augmentation mode -> (also the horizontal flip?, scales); cheapest first (helpers.predict)
+TTA_MODES = {
+    "none": (False, (1.0,)),
+    "flip": (True, (1.0,)),
+    "multiscale": (True, (0.75, 1.0, 1.25)),
+}
 UNCAPPED_EPOCHS = 10_000  # "until the time cap": used when DEEPLAB_TRAIN_MINUTES is set and DEEPLAB_EPOCHS is not
 _YES, _NO = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
 

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from helpers.config import TTA_MODES
 from helpers.data import scale_image, scaled_shape
 from helpers.imageio import ImageReadError, read_image, to_rgb8
 
@@ -70,13 +71,6 @@ def predict_scores(model: keras.Model, images) -> tf.Tensor:
         function = tf.function(lambda x: model(x, training=False), input_signature=[spec])
         _ANY_SIZE_FUNCTIONS[model] = function
     return tf.cast(function(tf.convert_to_tensor(images, tf.float32)), tf.float32)
-
-
-TTA_MODES = {  # test-time augmentation: (horizontal flip?, scales)
-    "none": (False, (1.0,)),
-    "flip": (True, (1.0,)),
-    "multiscale": (True, (0.75, 1.0, 1.25)),
-}
 
 
 def tta_probabilities(model: keras.Model, images, mode: str = "none") -> tf.Tensor:
