@@ -22,6 +22,8 @@ def test_blocks_name_the_taps_rates_and_shapes(built):
     assert by_layer[low].stride == 4 and by_layer[low].label == f"{low} (to the decoder)"
     assert by_layer[high].stride == 16 and by_layer[high].label == f"{high} (to ASPP)"
     assert [b.stride for b in blocks if b.part == "encoder"] == [2, 4, 8, 16]
+    feeds = {b.layer: b.feeds for b in blocks if b.feeds}  # what the arrows are drawn from
+    assert feeds == {low: "decoder_low_level_relu", high: "aspp_1x1_relu"}
     assert [b.label for b in blocks if "rate" in b.label] == [
         "3x3 conv, rate 6",
         "3x3 conv, rate 12",
@@ -83,6 +85,7 @@ def test_the_optional_stride_2_step_is_drawn_with_its_own_skip(built):
     by_layer = {b.layer: b for b in blocks}
     fine = TAPS[backbone]["fine"]
     assert by_layer[fine].stride == 2 and by_layer[fine].label == f"{fine} (to the stride-2 step)"
+    assert by_layer[fine].feeds == "refine_low_level_relu"
     head = [b.label for b in blocks if b.part == "decoder"]
     assert head[3:] == ["stride-2 1x1 projection", "upsample + concatenate", "one 3x3 conv"]
     assert by_layer["refine_concat"].shape == (128, 128, model.get_layer("decoder_conv2").filters + 16)

@@ -24,6 +24,7 @@ class Block:
     layer: str
     shape: tuple[int, int, int]  # height, width, channels for the diagram's input size
     stride: int
+    feeds: str = ""  # for an encoder tap: the layer of the ASPP or decoder box it also feeds
 
 
 def inbound_layers(model: keras.Model) -> dict[str, list[str]]:
@@ -95,9 +96,14 @@ def architecture_blocks(model: keras.Model, size: int = 256) -> list[Block]:
     fine = feeds["refine_low_level"][0] if "refine_low_level" in feeds else None  # the optional stride-2 step
     rates = sorted(int(m.group(1)) for layer in model.layers if (m := re.fullmatch(r"aspp_rate(\d+)_relu", layer.name)))
     plan = [("input", "image", model.layers[0].name)]
-    roles = {high: " (to ASPP)", low: " (to the decoder)", fine: " (to the stride-2 step)"}
+    roles = {  # tap -> (label suffix, the layer it feeds)
+        high: (" (to ASPP)", "aspp_1x1_relu"),
+        low: (" (to the decoder)", "decoder_low_level_relu"),
+        fine: (" (to the stride-2 step)", "refine_low_level_relu"),
+    }
     for name, _ in _encoder_stages(model, [low] + ([fine] if fine else []), high, size):
-        plan.append(("encoder", f"{name}{roles.get(name, '')}", name))
+        suffix, feeds = roles.get(name, ("", ""))
+        plan.append(("encoder", f"{name}{suffix}", name, feeds))
     plan += [("aspp", "1x1 conv", "aspp_1x1_relu")]
     plan += [("aspp", f"3x3 conv, rate {r}", f"aspp_rate{r}_relu") for r in rates]
     plan += [
@@ -117,8 +123,11 @@ def architecture_blocks(model: keras.Model, size: int = 256) -> list[Block]:
         ("output", "1x1 conv: class scores", "logits"),
         ("output", "upsample to the input size", "upsample_to_input"),
     ]
-    shapes = output_shapes(model, [layer for _, _, layer in plan], size)
-    return [Block(part, label, layer, shapes[layer], size // shapes[layer][0]) for part, label, layer in plan]
+    shapes = output_shapes(model, [layer for _, _, layer, *_ in plan], size)
+    return [
+        Block(part, label, layer, shapes[layer], size // shapes[layer][0], *feeds)
+        for part, label, layer, *feeds in plan
+    ]
 
 
 LEFT = 2.6  # room left of the encoder for notes
@@ -170,8 +179,8 @@ def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
     for above, below in zip(encoder, encoder[1:]):
         (x0, y0), (x1, y1) = where[above.layer], where[below.layer]
         _arrow(ax, (x0 + 1.8, y0 - 0.4), (x1 + 1.8, y1 + 0.4))
-    aspp_input = next(b for b in encoder if b.label.endswith("(to ASPP)"))
     branches = [b for b in blocks if b.part == "aspp"]
+    aspp_input = next(b for b in encoder if b.feeds == branches[0].layer)
     xa, ya = where[aspp_input.layer]
     for branch in branches[:-1]:
         x, y = where[branch.layer]
@@ -180,16 +189,15 @@ def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
     head = [b for b in blocks if b.part in ("decoder", "output")]
     # each skip goes over the ASPP column, so it cannot be read as an input to ASPP; the stride-2
     # step's skip (if any) starts higher in the encoder and runs above and inside the stride-4 one
-    roles = {"(to the decoder)": "decoder_low_level_relu", "(to the stride-2 step)": "refine_low_level_relu"}
-    skips = [(b, role) for role in roles for b in encoder if b.label.endswith(role)]
+    skips = sorted((b for b in encoder if b.feeds in {h.layer for h in head}), key=lambda b: -b.stride)
     over = max(y for _, y in where.values()) + 0.55
-    for k, (tap, role) in enumerate(skips):
-        _draw_skip(ax, where[tap.layer], where[roles[role]], over + 0.25 * k, 0.12 * (len(skips) - k))
+    for k, tap in enumerate(skips):
+        _draw_skip(ax, where[tap.layer], where[tap.feeds], over + 0.25 * k, 0.12 * (len(skips) - k))
     xp, yp = where[branches[-1].layer]
     _arrow(ax, (xp + 3.6, yp), where[head[1].layer])
     for above, below in zip(head, head[1:]):
         (x0, y0), (x1, y1) = where[above.layer], where[below.layer]
-        if below.label == "stride-2 1x1 projection":  # the decoder's output goes past it, into the concatenation
+        if below.layer == "refine_low_level_relu":  # the decoder's output goes past it, into the concatenation
             joined, side = where[head[head.index(below) + 1].layer][1], x0 + 3.6
             ax.plot([side, side + 0.15, side + 0.15], [y0, y0, joined], color="black", lw=1)
             _arrow(ax, (side + 0.15, joined), (side, joined))
