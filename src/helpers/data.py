@@ -31,7 +31,6 @@ REQUIRED_SPLITS = ("train", "val")  # a dataset without a test split is normal: 
 # The range of training zooms (images are cached with the detail the largest needs). DeepLab's papers use
 # 0.5-2 for runs of hours; for runs of minutes 0.75-1.5 measured better on CamVid val (README, "Quality per minute").
 TRAIN_SCALES = (0.75, 1.5)
-MAX_TRAIN_SCALE = TRAIN_SCALES[1]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_SUFFIX = ".png"
 
