@@ -65,10 +65,21 @@ def test_the_commands_flip_by_default_and_one_pass_is_one_flag_away():
     for command in (["evaluate"], ["predict", "in", "out"]):
         assert build_parser().parse_args(command).tta == "flip"
         assert build_parser().parse_args([*command, "--tta", "none"]).tta == "none"
-        for mode in TTA_MODES:  # every mode the functions know, and nothing else, is a choice
-            assert build_parser().parse_args([*command, "--tta", mode]).tta == mode
         with pytest.raises(SystemExit):
             build_parser().parse_args([*command, "--tta", "rotate"])
+
+
+def test_the_tta_choices_and_their_help_come_from_the_functions_table(capsys):
+    from helpers.cli import _views, build_parser
+
+    assert (_views(False, (1.0,)), _views(True, (1.0,))) == ("1 pass", "2 passes (mirrored too)")
+    assert _views(True, (0.5, 1.0, 2.0)) == "6 passes (mirrored too) at scales 0.5, 1, 2"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+    assert "--tta {" + ",".join(TTA_MODES) + "}" in shown  # every mode the functions know, and nothing else
+    for mode, (flip, scales) in TTA_MODES.items():
+        assert f"{mode}: {_views(flip, scales)}" in shown
 
 
 def test_predict_folder_writes_the_flipped_average(tmp_path):

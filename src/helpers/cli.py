@@ -175,13 +175,20 @@ def cmd_predict(args) -> int:
 CLI_TTA = "flip"
 
 
+def _views(flip: bool, scales: tuple[float, ...]) -> str:
+    """How a test-time augmentation mode's views read in ``--help``, e.g. "2 passes (mirrored too)"."""
+    passes = len(scales) * (2 if flip else 1)
+    where = f" at scales {', '.join(f'{s:g}' for s in scales)}" if len(scales) > 1 else ""
+    return f"{passes} pass{'es' if passes > 1 else ''}{' (mirrored too)' if flip else ''}{where}"
+
+
 def _add_tta_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tta",
         default=CLI_TTA,
         choices=list(TTA_MODES),
-        help=f"test-time augmentation (default {CLI_TTA}: the mean of the image's and its mirror's "
-        "predictions; none: one pass; multiscale: flipped and not, at 3 scales: 6 passes)",
+        help=f"test-time augmentation, the mean of the predictions of several views (default {CLI_TTA}): "
+        + "; ".join(f"{mode}: {_views(flip, scales)}" for mode, (flip, scales) in TTA_MODES.items()),
     )
 
 
