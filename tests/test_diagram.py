@@ -95,6 +95,14 @@ def test_the_optional_stride_2_step_is_drawn_with_its_own_skip(built):
     skips = [line for line in ax.lines if line.get_color() == "tab:blue"]
     assert len(skips) == 2
     assert_lines_cross_no_box(ax, ax.lines)  # both skips, and the decoder's output going past the projection
+    # a box's label sits 0.12 above its middle, where its lines start and end
+    row = {text.get_text(): round(text.get_position()[1] - 0.12, 6) for text in ax.texts}
+    low = TAPS[backbone]["low"]
+    ends = {(round(line.get_ydata()[0], 6), round(line.get_ydata()[-1], 6)): max(line.get_ydata()) for line in skips}
+    from_fine = (row[f"{fine} (to the stride-2 step)"], row["stride-2 1x1 projection"])
+    from_low = (row[f"{low} (to the decoder)"], row["low-level 1x1 projection"])
+    assert set(ends) == {from_fine, from_low}  # each skip runs from its tap to the projection it feeds
+    assert ends[from_fine] > ends[from_low]  # the stride-2 skip starts higher, so it runs above the other
     plt.close(fig)
 
 

@@ -102,8 +102,8 @@ def architecture_blocks(model: keras.Model, size: int = 256) -> list[Block]:
         fine: (" (to the stride-2 step)", "refine_low_level_relu"),
     }
     for name, _ in _encoder_stages(model, [low] + ([fine] if fine else []), high, size):
-        suffix, feeds = roles.get(name, ("", ""))
-        plan.append(("encoder", f"{name}{suffix}", name, feeds))
+        suffix, target = roles.get(name, ("", ""))
+        plan.append(("encoder", f"{name}{suffix}", name, target))
     plan += [("aspp", "1x1 conv", "aspp_1x1_relu")]
     plan += [("aspp", f"3x3 conv, rate {r}", f"aspp_rate{r}_relu") for r in rates]
     plan += [
@@ -180,7 +180,7 @@ def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
         (x0, y0), (x1, y1) = where[above.layer], where[below.layer]
         _arrow(ax, (x0 + 1.8, y0 - 0.4), (x1 + 1.8, y1 + 0.4))
     branches = [b for b in blocks if b.part == "aspp"]
-    aspp_input = next(b for b in encoder if b.feeds == branches[0].layer)
+    aspp_input = next(b for b in encoder if b.feeds in {branch.layer for branch in branches})
     xa, ya = where[aspp_input.layer]
     for branch in branches[:-1]:
         x, y = where[branch.layer]
