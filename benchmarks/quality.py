@@ -70,7 +70,6 @@ RECIPES: dict[str, dict] = {
         64, "sqrt-median", scale_range=(0.75, 1.5)
     ),
     "64-channel head, sqrt-median weights, zooms 1-2": _recipe(64, "sqrt-median", scale_range=(1.0, 2.0)),
-    "64-channel head, sqrt-median weights, batch 4": {**_recipe(64, "sqrt-median"), "env": {"DEEPLAB_BATCH_SIZE": "4"}},
     "64-channel head, sqrt-median weights, peak learning rate 8e-3": _recipe(64, "sqrt-median", learning_rate=8e-3),
     "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4": {
         **_recipe(64, "sqrt-median", scale_range=(0.75, 1.5)),
