@@ -86,47 +86,51 @@ def _encoder_stages(model: keras.Model, taps: list[str], high: str, size: int) -
     return [(name, stride) for stride, name in sorted(last_at.items()) if stride > 1]
 
 
+# the 1x1 convolutions that take an encoder tap: ASPP's first branch, the decoder's and the stride-2 step's projections
+ASPP_IN, DECODER_IN, REFINE_IN = "aspp_1x1", "decoder_low_level", "refine_low_level"
+
+
 def architecture_blocks(model: keras.Model, size: int = 256) -> list[Block]:
     """The model's DeepLabV3+ blocks in data-flow order, with shapes for a ``size x size`` input.
 
     ``size`` must be a multiple of the output stride, so that every stride is a whole number.
     """
-    feeds = inbound_layers(model)
-    high, low = feeds["aspp_1x1"][0], feeds["decoder_low_level"][0]
-    fine = feeds["refine_low_level"][0] if "refine_low_level" in feeds else None  # the optional stride-2 step
+    inbound = inbound_layers(model)
+    high, low = inbound[ASPP_IN][0], inbound[DECODER_IN][0]
+    fine = inbound[REFINE_IN][0] if REFINE_IN in inbound else None  # the optional stride-2 step
     rates = sorted(int(m.group(1)) for layer in model.layers if (m := re.fullmatch(r"aspp_rate(\d+)_relu", layer.name)))
-    plan = [("input", "image", model.layers[0].name)]
-    roles = {  # tap -> (label suffix, the layer it feeds)
-        high: (" (to ASPP)", "aspp_1x1_relu"),
-        low: (" (to the decoder)", "decoder_low_level_relu"),
-        fine: (" (to the stride-2 step)", "refine_low_level_relu"),
+    plan = [("input", "image", model.layers[0].name, "")]  # (part, label, layer, the layer a tap feeds)
+    roles = {
+        high: (" (to ASPP)", ASPP_IN),
+        low: (" (to the decoder)", DECODER_IN),
+        fine: (" (to the stride-2 step)", REFINE_IN),
     }
     for name, _ in _encoder_stages(model, [low] + ([fine] if fine else []), high, size):
         suffix, target = roles.get(name, ("", ""))
-        plan.append(("encoder", f"{name}{suffix}", name, target))
-    plan += [("aspp", "1x1 conv", "aspp_1x1_relu")]
-    plan += [("aspp", f"3x3 conv, rate {r}", f"aspp_rate{r}_relu") for r in rates]
+        plan.append(("encoder", f"{name}{suffix}", name, target and f"{target}_relu"))
+    plan += [("aspp", "1x1 conv", f"{ASPP_IN}_relu", "")]
+    plan += [("aspp", f"3x3 conv, rate {r}", f"aspp_rate{r}_relu", "") for r in rates]
     plan += [
-        ("aspp", "image pooling", "aspp_pool_resize"),
-        ("aspp", "concatenate + 1x1 projection", "aspp_project_relu"),
-        ("decoder", "low-level 1x1 projection", "decoder_low_level_relu"),
-        ("decoder", "upsample ASPP + concatenate", "decoder_concat"),
-        ("decoder", "two 3x3 convs", "decoder_conv2_relu"),
+        ("aspp", "image pooling", "aspp_pool_resize", ""),
+        ("aspp", "concatenate + 1x1 projection", "aspp_project_relu", ""),
+        ("decoder", "low-level 1x1 projection", f"{DECODER_IN}_relu", ""),
+        ("decoder", "upsample ASPP + concatenate", "decoder_concat", ""),
+        ("decoder", "two 3x3 convs", "decoder_conv2_relu", ""),
     ]
     if fine:
         plan += [
-            ("decoder", "stride-2 1x1 projection", "refine_low_level_relu"),
-            ("decoder", "upsample + concatenate", "refine_concat"),
-            ("decoder", "one 3x3 conv", "refine_conv1_relu"),
+            ("decoder", "stride-2 1x1 projection", f"{REFINE_IN}_relu", ""),
+            ("decoder", "upsample + concatenate", "refine_concat", ""),
+            ("decoder", "one 3x3 conv", "refine_conv1_relu", ""),
         ]
     plan += [
-        ("output", "1x1 conv: class scores", "logits"),
-        ("output", "upsample to the input size", "upsample_to_input"),
+        ("output", "1x1 conv: class scores", "logits", ""),
+        ("output", "upsample to the input size", "upsample_to_input", ""),
     ]
-    shapes = output_shapes(model, [layer for _, _, layer, *_ in plan], size)
+    shapes = output_shapes(model, [layer for _, _, layer, _ in plan], size)
     return [
-        Block(part, label, layer, shapes[layer], size // shapes[layer][0], *feeds)
-        for part, label, layer, *feeds in plan
+        Block(part, label, layer, shapes[layer], size // shapes[layer][0], target)
+        for part, label, layer, target in plan
     ]
 
 
@@ -197,7 +201,7 @@ def _draw_flow(ax, blocks: list[Block], where: dict) -> None:
     _arrow(ax, (xp + 3.6, yp), where[head[1].layer])
     for above, below in zip(head, head[1:]):
         (x0, y0), (x1, y1) = where[above.layer], where[below.layer]
-        if below.layer == "refine_low_level_relu":  # the decoder's output goes past it, into the concatenation
+        if below.layer == f"{REFINE_IN}_relu":  # the decoder's output goes past it, into the concatenation
             joined, side = where[head[head.index(below) + 1].layer][1], x0 + 3.6
             ax.plot([side, side + 0.15, side + 0.15], [y0, y0, joined], color="black", lw=1)
             _arrow(ax, (side + 0.15, joined), (side, joined))
