@@ -69,17 +69,32 @@ def test_the_commands_flip_by_default_and_one_pass_is_one_flag_away():
             build_parser().parse_args([*command, "--tta", "rotate"])
 
 
-def test_the_tta_choices_and_their_help_come_from_the_functions_table(capsys):
+def test_the_tta_choices_and_their_help_come_from_the_functions_table(capsys, monkeypatch):
     from helpers.cli import _views, build_parser
 
-    assert (_views(False, (1.0,)), _views(True, (1.0,))) == ("1 pass", "2 passes (mirrored too)")
-    assert _views(True, (0.5, 1.0, 2.0)) == "6 passes (mirrored too) at scales 0.5, 1, 2"
+    assert (_views("none"), _views("flip")) == ("1 pass", "2 passes (mirrored too)")
+    monkeypatch.setitem(TTA_MODES, "wide", (True, (0.5, 1.0, 2.0)))
+    assert _views("wide") == "6 passes (mirrored too) at scales 0.5, 1, 2"
     with pytest.raises(SystemExit):
         build_parser().parse_args(["evaluate", "--help"])
     shown = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
     assert "--tta {" + ",".join(TTA_MODES) + "}" in shown  # every mode the functions know, and nothing else
-    for mode, (flip, scales) in TTA_MODES.items():
-        assert f"{mode}: {_views(flip, scales)}" in shown
+    for mode in TTA_MODES:
+        assert f"{mode}: {_views(mode)}" in shown
+
+
+def test_tta_passes_counts_the_forward_passes_tta_probabilities_runs(monkeypatch):
+    from helpers import predict
+    from helpers.config import tta_passes
+
+    assert [tta_passes(mode) for mode in ("none", "flip", "multiscale")] == [1, 2, 6]
+    calls = []
+    real = predict.predict_scores
+    monkeypatch.setattr(predict, "predict_scores", lambda model, view: calls.append(view.shape) or real(model, view))
+    for mode in TTA_MODES:
+        calls.clear()
+        predict.tta_probabilities(position_model(), np.zeros((1, 32, 48, 3), np.float32), mode)
+        assert len(calls) == tta_passes(mode), mode
 
 
 def test_predict_folder_writes_the_flipped_average(tmp_path):

@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 
-from helpers.config import CLASS_WEIGHTINGS, TTA_MODES
+from helpers.config import CLASS_WEIGHTINGS, TTA_MODES, tta_passes
 
 FLAG_TO_ENV = {
     "dataset": "DEEPLAB_DATASET",
@@ -175,9 +175,10 @@ def cmd_predict(args) -> int:
 CLI_TTA = "flip"
 
 
-def _views(flip: bool, scales: tuple[float, ...]) -> str:
+def _views(mode: str) -> str:
     """How a test-time augmentation mode's views read in ``--help``, e.g. "2 passes (mirrored too)"."""
-    passes = len(scales) * (2 if flip else 1)
+    flip, scales = TTA_MODES[mode]
+    passes = tta_passes(mode)
     where = f" at scales {', '.join(f'{s:g}' for s in scales)}" if len(scales) > 1 else ""
     return f"{passes} pass{'es' if passes > 1 else ''}{' (mirrored too)' if flip else ''}{where}"
 
@@ -188,7 +189,7 @@ def _add_tta_flag(p: argparse.ArgumentParser) -> None:
         default=CLI_TTA,
         choices=list(TTA_MODES),
         help=f"test-time augmentation, the mean of the predictions of several views (default {CLI_TTA}): "
-        + "; ".join(f"{mode}: {_views(flip, scales)}" for mode, (flip, scales) in TTA_MODES.items()),
+        + "; ".join(f"{mode}: {_views(mode)}" for mode in TTA_MODES),
     )
 
 

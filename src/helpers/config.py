@@ -25,6 +25,14 @@ TTA_MODES = {
     "flip": (True, (1.0,)),
     "multiscale": (True, (0.75, 1.0, 1.25)),
 }
+
+
+def tta_passes(mode: str) -> int:
+    """Forward passes per image for a test-time augmentation mode: one per scale, twice with the flip."""
+    flip, scales = TTA_MODES[mode]
+    return len(scales) * (2 if flip else 1)
+
+
 UNCAPPED_EPOCHS = 10_000  # "until the time cap": used when DEEPLAB_TRAIN_MINUTES is set and DEEPLAB_EPOCHS is not
 _YES, _NO = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
 

@@ -78,7 +78,7 @@ def tta_probabilities(model: keras.Model, images, mode: str = "none") -> tf.Tens
 
     Each view's prediction is mapped back (unflipped, resized to the input's size)
     before averaging, so every view votes on the same pixel. Cost: one forward pass
-    per view (1, 2 or 6 of :data:`TTA_MODES`), at the view's size.
+    per view (:func:`helpers.config.tta_passes`), at the view's size.
     """
     if mode not in TTA_MODES:
         raise ValueError(f"tta={mode!r} is not a mode; use one of {', '.join(TTA_MODES)}.")
