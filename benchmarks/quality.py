@@ -31,11 +31,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # name -> what differs from `python -m helpers train` with its defaults:
 #   "train": keyword arguments of helpers.train.train, "model": of build_deeplabv3_plus, "env": DEEPLAB_* settings
-# Recipes zoom 0.5-2 (the default until 2026-11-27) unless their name gives other zooms.
-def _recipe(head: int, weighting: str, **extra) -> dict:
+# Recipes zoom 0.5-2 (the default until 2026-11-27) unless their name gives other zooms, and train
+# with batch 8 (the CPU default until batch 4) unless their name gives another batch.
+def _recipe(head: int, weighting: str, batch: int = 8, **extra) -> dict:
     return {
         "model": {"decoder_filters": head, **extra.pop("model", {})},
         "train": {"class_weighting": weighting, "scale_range": (0.5, 2.0), **extra},
+        "env": {"DEEPLAB_BATCH_SIZE": str(batch)},
     }
 
 
@@ -58,7 +60,7 @@ RECIPES: dict[str, dict] = {
     "64-channel head, median-frequency weights": _recipe(64, "median"),
     "64-channel head, sqrt-median weights, shorter side 320": {
         **_recipe(64, "sqrt-median"),
-        "env": {"DEEPLAB_IMAGE_SIZE": "320"},
+        "env": {"DEEPLAB_IMAGE_SIZE": "320", "DEEPLAB_BATCH_SIZE": "8"},
     },
     "64-channel head, sqrt-median weights, + Lovasz-softmax on 1/16 of the pixels": _recipe(
         64, "sqrt-median", lovasz=True
@@ -66,17 +68,16 @@ RECIPES: dict[str, dict] = {
     "64-channel head, sqrt-median weights, + a stride-2 decoder step (16 fine-level channels)": _recipe(
         64, "sqrt-median", model={"fine_level_channels": 16}
     ),
-    "64-channel head, sqrt-median weights, zooms 0.75-1.5 (the default)": _recipe(
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5 (the default until batch 4)": _recipe(
         64, "sqrt-median", scale_range=(0.75, 1.5)
     ),
     "64-channel head, sqrt-median weights, zooms 1-2": _recipe(64, "sqrt-median", scale_range=(1.0, 2.0)),
     "64-channel head, sqrt-median weights, peak learning rate 8e-3": _recipe(64, "sqrt-median", learning_rate=8e-3),
-    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4": {
-        **_recipe(64, "sqrt-median", scale_range=(0.75, 1.5)),
-        "env": {"DEEPLAB_BATCH_SIZE": "4"},
-    },
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4 (the default)": _recipe(
+        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5)
+    ),
 }
-DEFAULT = "64-channel head, sqrt-median weights, zooms 0.75-1.5 (the default)"
+DEFAULT = "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4 (the default)"
 REFERENCE = "reference tutorial (taps corrected)"
 
 

@@ -41,7 +41,7 @@ _YES, _NO = ("1", "yes", "true", "on"), ("0", "no", "false", "off")
 PROFILE_DEFAULTS: dict[str, dict[str, object]] = {
     "smoke": {
         "image_size": 128,
-        "batch_size": 8,
+        "batch_size": 4,
         "epochs": 12,
         "train_minutes": 4.0,
         "weights": "none",
