@@ -33,11 +33,11 @@ ROOT = Path(__file__).resolve().parents[1]
 #   "train": keyword arguments of helpers.train.train, "model": of build_deeplabv3_plus, "env": DEEPLAB_* settings
 # Recipes zoom 0.5-2 (the default until 2026-11-27) unless their name gives other zooms, and train
 # with batch 8 (the CPU default until batch 4) unless their name gives another batch.
-def _recipe(head: int, weighting: str, batch: int = 8, **extra) -> dict:
+def _recipe(head: int, weighting: str, batch: int = 8, env: dict | None = None, **extra) -> dict:
     return {
         "model": {"decoder_filters": head, **extra.pop("model", {})},
         "train": {"class_weighting": weighting, "scale_range": (0.5, 2.0), **extra},
-        "env": {"DEEPLAB_BATCH_SIZE": str(batch)},
+        "env": {"DEEPLAB_BATCH_SIZE": str(batch), **(env or {})},
     }
 
 
@@ -58,10 +58,9 @@ RECIPES: dict[str, dict] = {
         256, "none", model={"whole_encoder": True}
     ),
     "64-channel head, median-frequency weights": _recipe(64, "median"),
-    "64-channel head, sqrt-median weights, shorter side 320": {
-        **_recipe(64, "sqrt-median"),
-        "env": {"DEEPLAB_IMAGE_SIZE": "320", "DEEPLAB_BATCH_SIZE": "8"},
-    },
+    "64-channel head, sqrt-median weights, shorter side 320": _recipe(
+        64, "sqrt-median", env={"DEEPLAB_IMAGE_SIZE": "320"}
+    ),
     "64-channel head, sqrt-median weights, + Lovasz-softmax on 1/16 of the pixels": _recipe(
         64, "sqrt-median", lovasz=True
     ),
@@ -75,6 +74,12 @@ RECIPES: dict[str, dict] = {
     "64-channel head, sqrt-median weights, peak learning rate 8e-3": _recipe(64, "sqrt-median", learning_rate=8e-3),
     "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4 (the default)": _recipe(
         64, "sqrt-median", batch=4, scale_range=(0.75, 1.5)
+    ),
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, shorter side 320": _recipe(
+        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), env={"DEEPLAB_IMAGE_SIZE": "320"}
+    ),
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, peak learning rate 2e-3": _recipe(
+        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), learning_rate=2e-3
     ),
 }
 DEFAULT = "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4 (the default)"
