@@ -201,8 +201,8 @@ LADDER = {  # each row adds one change to the row above it
     "+ fused batch norm": {},
     "+ separable ASPP and decoder": {"separable": True},
     "+ mixed_bfloat16": {"separable": True, "precision": "mixed_bfloat16"},
-    "MobileNetV2 backbone, separable, float32": {"backbone": "mobilenetv2", "separable": True},
-    "MobileNetV2, separable, mixed_bfloat16 (default here)": {**DEFAULT, "precision": "mixed_bfloat16"},
+    "MobileNetV2 backbone, separable, float32 (the CPU default)": {"backbone": "mobilenetv2", "separable": True},
+    "MobileNetV2, separable, mixed_bfloat16": {**DEFAULT, "precision": "mixed_bfloat16"},
 }
 OPTIONS = {
     "paper encoder at output stride 8, float32": {"output_stride": 8},

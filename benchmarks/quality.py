@@ -32,7 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # name -> what differs from `python -m helpers train` with its defaults:
 #   "train": keyword arguments of helpers.train.train, "model": of build_deeplabv3_plus, "env": DEEPLAB_* settings
 # Recipes zoom 0.5-2 (the default until 2026-11-27) unless their name gives other zooms, and train
-# with batch 8 (the CPU default until batch 4) unless their name gives another batch.
+# with batch 8 (the CPU default until batch 4) unless their name gives another batch. Precision is
+# DEEPLAB_PRECISION=auto unless the name gives it; on a CPU with bf16 units, auto trained MobileNetV2
+# in mixed_bfloat16 until 2026-11-27 and in float32 since.
 def _recipe(head: int, weighting: str, batch: int = 8, env: dict | None = None, **extra) -> dict:
     return {
         "model": {"decoder_filters": head, **extra.pop("model", {})},
@@ -77,6 +79,12 @@ RECIPES: dict[str, dict] = {
     ),
     "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, shorter side 320": _recipe(
         64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), env={"DEEPLAB_IMAGE_SIZE": "320"}
+    ),
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, float32": _recipe(
+        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), env={"DEEPLAB_PRECISION": "float32"}
+    ),
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, mixed_bfloat16": _recipe(
+        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), env={"DEEPLAB_PRECISION": "mixed_bfloat16"}
     ),
     "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, peak learning rate 2e-3": _recipe(
         64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), learning_rate=2e-3

@@ -297,17 +297,31 @@ def test_mixed_precision_computes_in_bfloat16_and_answers_in_float32(tmp_path):
     np.testing.assert_allclose(again.predict_on_batch(x), out, atol=1e-5)
 
 
-def test_precision_auto_follows_the_hardware_and_bad_names_are_refused(monkeypatch):
+def test_precision_auto_follows_the_hardware_and_the_backbone_and_bad_names_are_refused(monkeypatch):
     from helpers import precision
 
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)
     expected_gpu = "mixed_float16" if __import__("tensorflow").config.list_physical_devices("GPU") else None
-    assert precision.resolve_precision("auto") == (expected_gpu or "mixed_bfloat16")
+    assert precision.resolve_precision("auto", "resnet50") == (expected_gpu or "mixed_bfloat16")
+    assert precision.resolve_precision("auto", "mobilenetv2") == (expected_gpu or "float32")  # depthwise: no gain
     monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: False)
-    assert precision.resolve_precision(None) == (expected_gpu or "float32")
-    assert precision.resolve_precision("Float32") == "float32"
+    assert precision.resolve_precision(None, "resnet50") == (expected_gpu or "float32")
+    assert precision.resolve_precision("Float32", "resnet50") == "float32"
+    assert precision.resolve_precision("mixed_bfloat16", "mobilenetv2") == "mixed_bfloat16"  # asked for: kept
     with pytest.raises(ValueError, match="precision='fp8'"):
-        precision.resolve_precision("fp8")
+        precision.resolve_precision("fp8", "mobilenetv2")
+
+
+@pytest.mark.parametrize(("backbone", "dtype"), [("resnet50", "bfloat16"), ("mobilenetv2", "float32")])
+def test_a_model_built_with_auto_precision_computes_in_what_auto_picks_for_its_backbone(monkeypatch, backbone, dtype):
+    from helpers import precision
+
+    if __import__("tensorflow").config.list_physical_devices("GPU"):
+        pytest.skip("on a GPU auto picks by the GPU, not the backbone")
+    monkeypatch.setattr(precision, "cpu_has_bfloat16", lambda: True)  # a CPU with bfloat16 units
+    model = build_deeplabv3_plus(3, (64, 64, 3), backbone=backbone, weights=None, precision="auto")
+    assert model.get_layer("aspp_project").compute_dtype == dtype
+    assert model.output.dtype == "float32"
 
 
 @pytest.mark.parametrize("rate", [1, 6])

@@ -62,7 +62,7 @@ def hardware_note(settings: Settings) -> str:
     from helpers.precision import resolve_precision
 
     gpus = tf.config.list_physical_devices("GPU")
-    precision = resolve_precision(settings.precision)
+    precision = resolve_precision(settings.precision, settings.backbone)
     device = f"{len(gpus)} GPU(s)" if gpus else "no GPU, so the CPU does the work"
     note = f"Compute: {device}; precision {precision} (DEEPLAB_PRECISION={settings.precision})."
     if not gpus and settings.profile == "full":

@@ -156,8 +156,9 @@ def build_deeplabv3_plus(
     ``decoder_filters`` (channels of ASPP and the decoder) defaults to ``HEAD_CHANNELS[backbone]``.
     ``separable=True`` uses atrous depthwise-separable convs in ASPP and decoder.
     ``precision``: ``"float32"``, ``"mixed_bfloat16"``, ``"mixed_float16"`` or ``"auto"``
-    (see :func:`helpers.precision.auto_precision`). Mixed precision computes in 16 bits and keeps
-    the weights, batch-norm statistics, preprocessing, logits and outputs in float32.
+    (see :func:`helpers.precision.auto_precision`: on a CPU with bf16 units, bfloat16 for ResNet50 only).
+    Mixed precision computes in 16 bits and keeps the weights, batch-norm statistics, preprocessing,
+    logits and outputs in float32.
     ``synchronized_bn=True`` (for several replicas) computes batch statistics over the global batch.
     ``whole_encoder=True`` keeps all of MobileNetV2 (see :func:`helpers.backbones.build_encoder`).
     ``fine_level_channels > 0`` adds a second :func:`decoder` step at stride 2 with one 3x3 conv at half
@@ -168,7 +169,7 @@ def build_deeplabv3_plus(
     weights = None if weights == "none" else weights
     filters = HEAD_CHANNELS.get(backbone, 256) if decoder_filters is None else decoder_filters
     rates = tuple(r * 16 // output_stride for r in (6, 12, 18)) if aspp_rates is None else aspp_rates
-    with dtype_policy(resolve_precision(precision)):  # every layer built here computes in this precision
+    with dtype_policy(resolve_precision(precision, backbone)):  # every layer built here computes in this precision
         inputs = keras.Input(shape=input_shape, name="image")
         if fine_level_channels:
             fine, low, high = build_encoder(inputs, backbone, weights, output_stride, whole_encoder, fine=True)
