@@ -43,6 +43,11 @@ def _recipe(head: int, weighting: str, batch: int = 8, env: dict | None = None, 
     }
 
 
+def _default_with(**changes) -> dict:
+    """The default recipe (64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4), with ``changes``."""
+    return _recipe(64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), **changes)
+
+
 # name -> how it trains: "model" holds build_deeplabv3_plus options, "train" helpers.train.train's.
 # Everything else is `python -m helpers train`'s default. Each names its settings in full, so a
 # row keeps its meaning when the defaults change.
@@ -74,20 +79,18 @@ RECIPES: dict[str, dict] = {
     ),
     "64-channel head, sqrt-median weights, zooms 1-2": _recipe(64, "sqrt-median", scale_range=(1.0, 2.0)),
     "64-channel head, sqrt-median weights, peak learning rate 8e-3": _recipe(64, "sqrt-median", learning_rate=8e-3),
-    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4 (the default)": _recipe(
-        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5)
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4 (the default)": _default_with(),
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, shorter side 320": _default_with(
+        env={"DEEPLAB_IMAGE_SIZE": "320"}
     ),
-    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, shorter side 320": _recipe(
-        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), env={"DEEPLAB_IMAGE_SIZE": "320"}
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, float32": _default_with(
+        env={"DEEPLAB_PRECISION": "float32"}
     ),
-    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, float32": _recipe(
-        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), env={"DEEPLAB_PRECISION": "float32"}
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, mixed_bfloat16": _default_with(
+        env={"DEEPLAB_PRECISION": "mixed_bfloat16"}
     ),
-    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, mixed_bfloat16": _recipe(
-        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), env={"DEEPLAB_PRECISION": "mixed_bfloat16"}
-    ),
-    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, peak learning rate 2e-3": _recipe(
-        64, "sqrt-median", batch=4, scale_range=(0.75, 1.5), learning_rate=2e-3
+    "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4, peak learning rate 2e-3": _default_with(
+        learning_rate=2e-3
     ),
 }
 DEFAULT = "64-channel head, sqrt-median weights, zooms 0.75-1.5, batch 4 (the default)"
